@@ -1,0 +1,18 @@
+# Two commands on a fresh machine: `make train` (the default Darcy job) and `make test` (the test suite).
+# Both bootstrap .venv from this repository's own files first (scripts/bootstrap.sh; idempotent).
+.PHONY: bootstrap train test bench lint
+
+bootstrap:
+	./scripts/bootstrap.sh
+
+train: bootstrap
+	.venv/bin/tgalore fit
+
+test: bootstrap
+	.venv/bin/python -m pytest
+
+bench: bootstrap
+	.venv/bin/python -m bench.optim_bench
+
+lint: bootstrap
+	.venv/bin/ruff check app datamodules callbacks bench tests

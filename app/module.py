@@ -1,0 +1,228 @@
+"""OperatorModule: a thin LightningModule around an injected neural operator (e.g. ``neuralop.models.FNO``).
+
+Everything is injected: the network, the training loss, an optimizer factory and an optional LR-scheduler factory.
+The module builds the parameter groups itself (``app.param_groups.split_param_groups``: spectral weights get
+``galore=True``), so Tensor-GaLore, GaLore or plain AdamW all plug in through the config.
+
+Data contract (see ``datamodules.base.PDEDataModule``): batches are ``{"x", "y"}`` shaped
+``(batch, channels, *spatial)``; ``x`` arrives normalised, ``y`` in physical units. The network predicts ``y`` in
+normalised units; the module decodes with the train-split statistics ``y_mean``/``y_std`` that it copies from the
+datamodule at ``setup`` into buffers (saved with every checkpoint). Losses and metrics see physical units.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from app.metrics import RelativeH1, RelativeL2, RelativeL2Loss
+from app.param_groups import split_param_groups
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OperatorModule"]
+
+
+def _is_plain(value: Any) -> bool:
+    """True for data that ``torch.load(weights_only=True)`` accepts: primitives and containers of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
+
+
+class OperatorModule(LightningModule):
+    """Train a neural operator on PDE data.
+
+    Args:
+        model: the neural operator, e.g. ``neuralop.models.FNO`` (configured with ``class_path``/``init_args``).
+            Its ``in_channels``/``out_channels`` are linked from the datamodule by the CLI.
+        loss: training loss on decoded (physical-unit) fields; default ``app.metrics.RelativeL2Loss``.
+            ``app.metrics.RelativeH1Loss`` trains in H1.
+        optimizer: optimizer factory called with the parameter groups (a list of dicts; the spectral weights'
+            group has ``galore=True``). Default: ``torch.optim.AdamW`` with its defaults.
+        scheduler: optional LR-scheduler factory called with the optimizer.
+        scheduler_interval: step the scheduler every ``epoch`` or every ``step``.
+        scheduler_monitor: metric a plateau scheduler watches.
+        h1_periodic: compute the H1 metric's gradient spectrally (periodic data) instead of by finite
+            differences on a grid that includes both boundaries (Darcy).
+        domain_length: side of the physical domain, for the H1 gradient.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        scheduler_monitor: str = "val/l2",
+        h1_periodic: bool = False,
+        domain_length: float = 1.0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # "model is an nn.Module": handled just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # Under LightningCLI the hparams are the parsed config (plain data); constructed from Python they would
+        # hold the network object itself, which would make every checkpoint unloadable with weights_only=True.
+        for key in [k for k, v in self.hparams.items() if not _is_plain(v)]:
+            del self.hparams[key]
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if domain_length <= 0:
+            raise ValueError(f"domain_length must be > 0, got {domain_length}")
+        self.model = model
+        self.loss_fn = loss if loss is not None else RelativeL2Loss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.scheduler_monitor = scheduler_monitor
+
+        self.complex_data = bool(getattr(model, "complex_data", False))
+        out_channels = int(getattr(model, "out_channels", 1))
+        dtype = torch.complex64 if self.complex_data else torch.float32
+        # Output normalisation (train-split statistics, per channel); identity until setup() copies them.
+        self.register_buffer("y_mean", torch.zeros(out_channels, dtype=dtype))
+        self.register_buffer("y_std", torch.ones(out_channels))
+
+        metric_kw = dict(periodic=h1_periodic, domain_length=domain_length)
+        self.val_metrics = MetricCollection({"l2": RelativeL2(), "h1": RelativeH1(**metric_kw)}, prefix="val/")
+        self.test_names: list[str] = ["test"]
+        self.test_metrics = nn.ModuleList([self._test_collection("test")])
+        self._metric_kw = metric_kw
+
+    # ------------------------------------------------------------------ setup
+    def _test_collection(self, name: str) -> MetricCollection:
+        kw = getattr(self, "_metric_kw", {})
+        return MetricCollection({f"test/l2_{name}": RelativeL2(), f"test/h1_{name}": RelativeH1(**kw)})
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            log.warning("no datamodule attached: outputs are not de-normalised (y_mean=0, y_std=1)")
+            return
+        for name in ("y_mean", "y_std"):
+            value = getattr(dm, name, None)
+            if value is None:
+                continue
+            buf = getattr(self, name)
+            value = torch.as_tensor(value)
+            if value.shape != buf.shape:
+                raise ValueError(
+                    f"datamodule {name} has shape {tuple(value.shape)} but the model has {buf.shape[0]} output "
+                    f"channels; set model.init_args.out_channels to the data's channel count ({value.numel()})"
+                )
+            buf.copy_(value.to(buf.dtype))
+        self._check_resolutions(getattr(dm, "resolutions", None))
+        names = list(getattr(dm, "test_names", None) or ["test"])
+        if names != self.test_names:
+            self.test_names = names
+            self.test_metrics = nn.ModuleList([self._test_collection(n) for n in names])
+
+    def _check_resolutions(self, resolutions) -> None:
+        """A Fourier layer keeps ``n_modes`` frequencies per axis: every grid must have at least that many points."""
+        n_modes = getattr(self.model, "n_modes", None)
+        if not resolutions or n_modes is None:
+            return
+        n_modes = tuple(int(m) for m in n_modes)
+        for shape in resolutions:
+            shape = tuple(int(s) for s in shape)
+            if len(shape) != len(n_modes):
+                raise ValueError(
+                    f"the model has n_modes={list(n_modes)} ({len(n_modes)}-D) but the data has a {len(shape)}-D "
+                    f"grid {list(shape)}; set model.init_args.n_modes to {len(shape)} values"
+                )
+            too_many = [(m, s) for m, s in zip(n_modes, shape) if m > s]
+            if too_many:
+                fit = [min(m, s) for m, s in zip(n_modes, shape)]
+                raise ValueError(
+                    f"the model keeps n_modes={list(n_modes)} Fourier modes but the data has a grid of {list(shape)} "
+                    f"points; a grid cannot resolve more modes than it has points. Use a finer grid or set "
+                    f"model.init_args.n_modes to at most {fit}"
+                )
+
+    # ------------------------------------------------------------------ forward
+    def decode(self, out: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (out.ndim - 2)
+        return out * self.y_std.view(shape) + self.y_mean.view(shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Prediction in physical units."""
+        return self.decode(self.model(x))
+
+    def _step(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch["x"], batch["y"]
+        pred = self(x)
+        if pred.shape != y.shape:
+            raise ValueError(
+                f"model output shape {tuple(pred.shape)} differs from target shape {tuple(y.shape)}; check "
+                f"model.init_args.out_channels and the data"
+            )
+        return pred, y
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        pred, y = self._step(batch)
+        loss = self.loss_fn(pred, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        pred, y = self._step(batch)
+        self.log("val/loss", self.loss_fn(pred, y), prog_bar=False, batch_size=y.shape[0])
+        self.val_metrics.update(pred, y)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=y.shape[0])
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        pred, y = self._step(batch)
+        metrics = self.test_metrics[dataloader_idx]
+        metrics.update(pred, y)
+        self.log_dict(metrics, batch_size=y.shape[0], add_dataloader_idx=False)
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        out = {"pred": self(batch["x"])}
+        out.update({k: v for k, v in batch.items()})
+        return out
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        groups = split_param_groups(self.model)
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.AdamW(groups)
+        else:
+            optimizer = self.optimizer_factory(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.scheduler_interval,
+                "monitor": self.scheduler_monitor,
+            },
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, *args, **kwargs):
+        """The state dict without non-tensor entries.
+
+        neuraloperator's models add a top-level ``_metadata`` entry (their init arguments, including objects such
+        as the activation function) to any state dict they are part of; kept, it makes checkpoints unloadable
+        with ``torch.load(weights_only=True)`` and ``load_state_dict`` fail on an unexpected key.
+        """
+        sd = super().state_dict(*args, **kwargs)
+        for key in [k for k, v in sd.items() if not isinstance(v, Tensor)]:
+            del sd[key]
+        return sd

@@ -1,0 +1,55 @@
+"""Parameter groups for the optimizer, chosen by a structural rule (no attribute paths, no list indices).
+
+A parameter is a *spectral weight* (projected by Tensor-GaLore) when it is complex, has at least
+``min_ndim`` dimensions (``(in, out, *modes)``: 3 for a 1-D FNO, 4 for 2-D, 5 for 3-D) and belongs to a module
+of one of ``module_types`` (by default neuraloperator's ``SpectralConv`` and its subclasses). The module-type
+test keeps complex weights of complex-valued FNOs' lifting/projection convolutions out of the group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["spectral_module_types", "split_param_groups"]
+
+
+def spectral_module_types() -> tuple[type[nn.Module], ...]:
+    """neuraloperator's spectral convolution classes (imported lazily: this module works without neuralop)."""
+    try:
+        from neuralop.layers.spectral_convolution import SpectralConv
+    except ImportError:  # pragma: no cover - neuralop is a dependency of the app
+        return ()
+    return (SpectralConv,)
+
+
+def split_param_groups(
+    model: nn.Module,
+    *,
+    module_types: Sequence[type[nn.Module]] | None = None,
+    min_ndim: int = 3,
+) -> list[dict]:
+    """Split ``model``'s trainable parameters into ``[spectral group (galore=True), other group (galore=False)]``.
+
+    Empty groups are left out. Every group carries an explicit ``galore`` boolean, which optimizers without the
+    option (e.g. ``torch.optim.AdamW``) keep as an inert key.
+    """
+    types = tuple(module_types) if module_types is not None else spectral_module_types()
+    spectral_ids: set[int] = set()
+    if types:
+        for module in model.modules():
+            if isinstance(module, types):
+                for p in module.parameters():
+                    if p.is_complex() and p.ndim >= min_ndim:
+                        spectral_ids.add(id(p))
+    spectral, other = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (spectral if id(p) in spectral_ids else other).append(p)
+    groups = []
+    if spectral:
+        groups.append({"params": spectral, "galore": True})
+    if other:
+        groups.append({"params": other, "galore": False})
+    return groups
