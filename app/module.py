@@ -58,6 +58,10 @@ class OperatorModule(LightningModule):
         h1_periodic: compute the H1 metric's gradient spectrally (periodic data) instead of by finite
             differences on a grid that includes both boundaries (Darcy).
         domain_length: side of the physical domain, for the H1 gradient.
+        fused_update: update each parameter inside the backward pass, as soon as its gradient is ready, and free
+            that gradient at once (``register_post_accumulate_grad_hook``), so the full gradients of all layers
+            never coexist. Same result as ordinary steps. Needs ``accumulate_grad_batches=1`` and no gradient
+            clipping (both need every gradient at once); works with any ``torch.optim`` optimizer.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class OperatorModule(LightningModule):
         scheduler_monitor: str = "val/l2",
         h1_periodic: bool = False,
         domain_length: float = 1.0,
+        fused_update: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # "model is an nn.Module": handled just below
@@ -89,6 +94,10 @@ class OperatorModule(LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.fused_update = fused_update
+        # Fused updates run inside backward; Lightning's automatic loop would step the optimizer a second time.
+        self.automatic_optimization = not fused_update
+        self._fused_handles: list = []
 
         self.complex_data = bool(getattr(model, "complex_data", False))
         out_channels = int(getattr(model, "out_channels", 1))
@@ -144,9 +153,9 @@ class OperatorModule(LightningModule):
                     f"the model has n_modes={list(n_modes)} ({len(n_modes)}-D) but the data has a {len(shape)}-D "
                     f"grid {list(shape)}; set model.init_args.n_modes to {len(shape)} values"
                 )
-            too_many = [(m, s) for m, s in zip(n_modes, shape) if m > s]
+            too_many = [(m, s) for m, s in zip(n_modes, shape, strict=True) if m > s]
             if too_many:
-                fit = [min(m, s) for m, s in zip(n_modes, shape)]
+                fit = [min(m, s) for m, s in zip(n_modes, shape, strict=True)]
                 raise ValueError(
                     f"the model keeps n_modes={list(n_modes)} Fourier modes but the data has a grid of {list(shape)} "
                     f"points; a grid cannot resolve more modes than it has points. Use a finer grid or set "
@@ -176,7 +185,63 @@ class OperatorModule(LightningModule):
         pred, y = self._step(batch)
         loss = self.loss_fn(pred, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        if self.fused_update:
+            self._fused_training_step(loss)
         return loss
+
+    # ------------------------------------------------------------------ fused updates
+    def on_train_start(self) -> None:
+        if not self.fused_update:
+            return
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"fused_update=True updates each parameter during backward, so it cannot accumulate gradients "
+                f"(accumulate_grad_batches={trainer.accumulate_grad_batches}); set accumulate_grad_batches=1 or "
+                f"fused_update=False"
+            )
+        if trainer.gradient_clip_val:
+            raise ValueError(
+                f"fused_update=True cannot clip by the global gradient norm (gradient_clip_val="
+                f"{trainer.gradient_clip_val}): the gradients never coexist; unset gradient_clip_val or set "
+                f"fused_update=False"
+            )
+        optimizer = self.optimizers(use_pl_optimizer=False)
+
+        def update(p: Tensor) -> None:
+            # Only ``p`` has a gradient now (the others are freed or not yet computed), so step() updates ``p``.
+            optimizer.step()
+            p.grad = None
+
+        self._fused_handles = [
+            p.register_post_accumulate_grad_hook(update) for p in self.parameters() if p.requires_grad
+        ]
+
+    def on_train_end(self) -> None:
+        for h in self._fused_handles:
+            h.remove()
+        self._fused_handles = []
+
+    def _fused_training_step(self, loss: Tensor) -> None:
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)  # the hooks update every parameter here
+        opt.step()  # no gradients are left, so this only advances the step count and runs the callbacks' hooks
+        if self.scheduler_factory is not None and self.scheduler_interval == "step":
+            self._step_scheduler()
+
+    def on_train_epoch_end(self) -> None:
+        if self.fused_update and self.scheduler_factory is not None and self.scheduler_interval == "epoch":
+            self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        scheduler = self.lr_schedulers()
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = self.trainer.callback_metrics.get(self.scheduler_monitor)
+            if value is not None:
+                scheduler.step(value)
+        else:
+            scheduler.step()
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         pred, y = self._step(batch)
@@ -205,14 +270,10 @@ class OperatorModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": self.scheduler_interval,
-                "monitor": self.scheduler_monitor,
-            },
-        }
+        config = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if self.automatic_optimization:  # with fused updates the module steps the scheduler itself
+            config["monitor"] = self.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args, **kwargs):

@@ -30,10 +30,13 @@ def split_param_groups(
     module_types: Sequence[type[nn.Module]] | None = None,
     min_ndim: int = 3,
 ) -> list[dict]:
-    """Split ``model``'s trainable parameters into ``[spectral group (galore=True), other group (galore=False)]``.
+    """Split ``model``'s trainable parameters into one group per spectral weight (``galore=True``) followed by
+    one group of all other parameters (``galore=False``).
 
-    Empty groups are left out. Every group carries an explicit ``galore`` boolean, which optimizers without the
-    option (e.g. ``torch.optim.AdamW``) keep as an inert key.
+    One group per spectral weight lets a policy (the subspace callback) set a rank per layer through the
+    optimizer's per-group options; every group has a ``name`` (the parameter's qualified name, or ``"other"``).
+    Empty groups are left out. The ``galore`` key is an explicit boolean, which optimizers without the option
+    (e.g. ``torch.optim.AdamW``) keep as an inert key.
     """
     types = tuple(module_types) if module_types is not None else spectral_module_types()
     spectral_ids: set[int] = set()
@@ -43,13 +46,14 @@ def split_param_groups(
                 for p in module.parameters():
                     if p.is_complex() and p.ndim >= min_ndim:
                         spectral_ids.add(id(p))
-    spectral, other = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (spectral if id(p) in spectral_ids else other).append(p)
-    groups = []
-    if spectral:
-        groups.append({"params": spectral, "galore": True})
+    groups, other = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in spectral_ids:
+            groups.append({"params": [p], "galore": True, "name": name})
+        else:
+            other.append(p)
     if other:
-        groups.append({"params": other, "galore": False})
+        groups.append({"params": other, "galore": False, "name": "other"})
     return groups

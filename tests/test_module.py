@@ -64,14 +64,14 @@ def test_checkpoint_loads_with_weights_only_and_has_no_neuralop_metadata(tiny_fn
 
     fresh = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
     restored = OperatorModule.load_from_checkpoint(path, model=fresh, weights_only=True)
-    for (k, a), b in zip(module.state_dict().items(), restored.state_dict().values()):
+    for (k, a), b in zip(module.state_dict().items(), restored.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
 
 
 def test_spectral_weights_reach_the_optimizer_flagged(tiny_fno):
     module = OperatorModule(tiny_fno, optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-2))
     opt = module.configure_optimizers()
-    assert [g["galore"] for g in opt.param_groups] == [True, False]
+    assert [g["galore"] for g in opt.param_groups] == [True, True, False]
     assert opt.param_groups[0]["lr"] == 1e-2
 
 
@@ -121,3 +121,36 @@ def test_complex_fno_trains_on_complex_fields(cpu_trainer_kwargs):
     trainer.fit(module, datamodule=dm)
     (res, _) = trainer.test(module, datamodule=dm, verbose=False)
     assert 0 < res["test/l2_res8"] < float("inf")
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_fused_updates_give_the_same_parameters_as_ordinary_steps(cpu_trainer_kwargs, interval):
+    from neuralop.models import FNO
+
+    def run(fused: bool):
+        torch.manual_seed(0)
+        fno = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
+        module = OperatorModule(
+            fno,
+            optimizer=lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=1e-2),
+            scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+            scheduler_interval=interval,
+            fused_update=fused,
+        )
+        trainer = Trainer(max_epochs=3, **cpu_trainer_kwargs)
+        trainer.fit(module, datamodule=_TinyData())
+        return module, trainer
+
+    (plain, t_plain), (fused, t_fused) = run(False), run(True)
+    assert t_plain.global_step == t_fused.global_step == 6
+    assert t_fused.optimizers[0].param_groups[0]["lr"] == t_plain.optimizers[0].param_groups[0]["lr"]
+    for (k, a), b in zip(plain.state_dict().items(), fused.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+    assert all(p.grad is None for p in fused.parameters())  # gradients were freed as they were used
+
+
+def test_fused_updates_refuse_gradient_accumulation(tiny_fno, cpu_trainer_kwargs):
+    module = OperatorModule(tiny_fno, fused_update=True)
+    trainer = Trainer(max_epochs=1, accumulate_grad_batches=2, **cpu_trainer_kwargs)
+    with pytest.raises(Exception, match="accumulat"):
+        trainer.fit(module, datamodule=_TinyData())
