@@ -58,6 +58,8 @@ class OperatorModule(LightningModule):
         h1_periodic: compute the H1 metric's gradient spectrally (periodic data) instead of by finite
             differences on a grid that includes both boundaries (Darcy).
         domain_length: side of the physical domain, for the H1 gradient.
+        spectral_galore: mark the spectral weights' groups ``galore=True`` (projected by Tensor-GaLore); False
+            gives every group ``galore=False`` (full-tensor complex-correct AdamW with the same optimizer).
         fused_update: update each parameter inside the backward pass, as soon as its gradient is ready, and free
             that gradient at once (``register_post_accumulate_grad_hook``), so the full gradients of all layers
             never coexist. Same result as ordinary steps. Needs ``accumulate_grad_batches=1`` and no gradient
@@ -74,6 +76,7 @@ class OperatorModule(LightningModule):
         scheduler_monitor: str = "val/l2",
         h1_periodic: bool = False,
         domain_length: float = 1.0,
+        spectral_galore: bool = True,
         fused_update: bool = False,
     ) -> None:
         super().__init__()
@@ -94,6 +97,7 @@ class OperatorModule(LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.spectral_galore = spectral_galore
         self.fused_update = fused_update
         # Fused updates run inside backward; Lightning's automatic loop would step the optimizer a second time.
         self.automatic_optimization = not fused_update
@@ -263,6 +267,8 @@ class OperatorModule(LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
         groups = split_param_groups(self.model)
+        for group in groups:
+            group["galore"] = group["galore"] and self.spectral_galore
         if self.optimizer_factory is None:
             optimizer = torch.optim.AdamW(groups)
         else:

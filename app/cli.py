@@ -1,0 +1,132 @@
+"""The ``tgalore`` command line: LightningCLI over OperatorModule and any PDEDataModule.
+
+    tgalore fit                                   # the default job: configs/defaults.yaml
+    tgalore fit -c configs/experiments/darcy_adamw.yaml
+    tgalore fit --ckpt_path last                  # resume the newest run of this config
+    tgalore test --ckpt_path runs/darcy/version_0/checkpoints/last.ckpt
+    tgalore fit --print_config                    # the resolved configuration
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from datamodules.base import PDEDataModule
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from app.module import OperatorModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "defaults.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _logger_init_args(trainer_cfg: Namespace) -> Namespace | None:
+    logger = trainer_cfg.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    if isinstance(logger, Namespace) and "TensorBoardLogger" in str(logger.get("class_path", "")):
+        return logger.init_args
+    return None
+
+
+def _version_dirs(root: Path) -> list[Path]:
+    return [p for p in root.glob("*") if p.is_dir()] if root.is_dir() else []
+
+
+def resolve_last_checkpoint(save_dir: str, name: str | None) -> Path:
+    """The newest ``last.ckpt`` among the runs ``<save_dir>/<name>/*/checkpoints/``."""
+    root = Path(save_dir) / (name or "")
+    candidates = [d / "checkpoints" / "last.ckpt" for d in _version_dirs(root)]
+    candidates = [c for c in candidates if c.is_file()]
+    if not candidates:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no run under {root} has checkpoints/last.ckpt, so there is nothing to resume. "
+            f"Start a new run without --ckpt_path, or pass the path of a .ckpt file"
+        )
+    return max(candidates, key=lambda c: c.stat().st_mtime)
+
+
+class TGaloreCLI(LightningCLI):
+    """LightningCLI with tgalore's links and conveniences (resume of the same run dir, test after fit)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit only: evaluate the best checkpoint on the test set(s) when training ends",
+        )
+        # Values that follow from the data are linked, never copied between config files.
+        for key in ("in_channels", "out_channels", "complex_data"):
+            parser.link_arguments(f"data.{key}", f"model.model.init_args.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub not in SUBCOMMANDS:
+            return
+        cfg = self.config[sub]
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path:
+            return
+        tb = _logger_init_args(cfg.trainer)
+        if ckpt_path == "last":
+            if tb is None:
+                return  # let Lightning resolve it from ModelCheckpoint's dirpath
+            ckpt = resolve_last_checkpoint(tb.save_dir, tb.get("name"))
+            cfg.ckpt_path = str(ckpt)
+            log.info("resuming from %s", ckpt)
+        elif ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        # A resumed fit keeps logging into the run directory its checkpoint came from.
+        ckpt = Path(cfg.ckpt_path)
+        if sub == "fit" and tb is not None and ckpt.parent.name == "checkpoints" and tb.get("version") is None:
+            tb.version = ckpt.parent.parent.name
+
+    def after_fit(self) -> None:
+        if not self.config.fit.get("test_after_fit", True) or self.trainer.interrupted:
+            return
+        ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=True)
+        if self.trainer.is_global_zero:
+            self._print_summary()
+
+    def _print_summary(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        names = sorted({re.sub(r"^test/(l2|h1)_", "", k) for k in metrics})
+        lines = ["", "Final test relative errors (best checkpoint):"]
+        for n in names:
+            l2, h1 = metrics.get(f"test/l2_{n}"), metrics.get(f"test/h1_{n}")
+            lines.append(f"  {n:>10}:  L2 = {l2:.4f}   H1 = {h1:.4f}")
+        lines.append(f"Run directory: {self.trainer.log_dir}")
+        lines.append(f"TensorBoard:   tensorboard --logdir {Path(self.trainer.log_dir).parent}")
+        print("\n".join(lines))  # the CLI's own report to the user
+
+
+def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreCLI:
+    """Entry point of ``tgalore`` and ``python -m app``; ``args`` lets tests drive it from Python."""
+    if not logging.getLogger().handlers:  # the CLI owns the process: show our INFO messages (data generation)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
+    parser_kwargs = {sub: {"default_config_files": defaults} for sub in SUBCOMMANDS} if run else {
+        "default_config_files": defaults
+    }
+    return TGaloreCLI(
+        OperatorModule,
+        PDEDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs=parser_kwargs,
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli_main()

@@ -1,0 +1,6 @@
+"""LightningDataModules for PDE datasets, on one shared base class."""
+
+from datamodules.base import PDEDataModule
+from datamodules.darcy import DarcyDataModule
+
+__all__ = ["PDEDataModule", "DarcyDataModule"]

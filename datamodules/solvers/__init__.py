@@ -1,0 +1,1 @@
+"""Numerical PDE solvers that generate training data."""
