@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 from datamodules.base import PDEDataModule
@@ -112,6 +113,8 @@ def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreC
     """Entry point of ``tgalore`` and ``python -m app``; ``args`` lets tests drive it from Python."""
     if not logging.getLogger().handlers:  # the CLI owns the process: show our INFO messages (data generation)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning 2.6 calls a torch API that torch 2.13 deprecated, once per step: noise for a user of the CLI.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
     parser_kwargs = {sub: {"default_config_files": defaults} for sub in SUBCOMMANDS} if run else {
         "default_config_files": defaults
