@@ -1,5 +1,5 @@
 """``python -m app`` runs the tgalore command line."""
 
-from app.cli import cli_main
+from app.cli import main
 
-cli_main()
+main()

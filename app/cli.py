@@ -5,6 +5,7 @@
     tgalore fit --ckpt_path last                  # resume the newest run of this config
     tgalore test --ckpt_path runs/darcy/version_0/checkpoints/last.ckpt
     tgalore fit --print_config                    # the resolved configuration
+    tgalore memory -c configs/paper/darcy.yaml    # predicted memory by category, AdamW vs the chosen optimizer
 """
 
 from __future__ import annotations
@@ -131,5 +132,67 @@ def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreC
     )
 
 
-if __name__ == "__main__":  # pragma: no cover
+def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
+    """``tgalore memory [config options] [--grid S ...] [--json]``: predicted training memory by category for
+    ``torch.optim.AdamW`` and for the configured optimizer, side by side, without training."""
+    import argparse
+    import json
+
+    import torch
+
+    from app.memory_estimate import estimate_memory
+    from app.param_groups import split_param_groups
+
+    extra = argparse.ArgumentParser(prog="tgalore memory", add_help=False)
+    extra.add_argument("--grid", type=int, nargs="+", help="spatial grid (default: the datamodule's resolution)")
+    extra.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    opts, rest = extra.parse_known_args(args)
+    if "-h" in rest or "--help" in rest:
+        extra.print_help()
+        print("\nAll other options are those of `tgalore fit` (config files, --model.*, --data.*).")
+        raise SystemExit(0)
+    with warnings.catch_warnings():  # "args given and sys.argv has more": the memory options are consumed here
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = cli_main(rest, run=False)
+    module, dm = cli.model, cli.datamodule
+    grid = opts.grid or [int(getattr(dm, "resolution", 0))] * dm.n_dims
+    if not all(grid) or len(grid) != dm.n_dims:
+        raise SystemExit(f"tgalore memory: give the {dm.n_dims}-D spatial grid with --grid (e.g. --grid 64 64)")
+    shape = (dm.batch_size, dm.in_channels, *grid)
+    dtype = torch.complex64 if dm.complex_data else torch.float32
+    groups = split_param_groups(module.model)
+    for g in groups:
+        g["galore"] = g["galore"] and module.spectral_galore
+    chosen = module.optimizer_factory(groups) if module.optimizer_factory else torch.optim.AdamW(groups)
+    baseline = torch.optim.AdamW(module.model.parameters())
+    rows = {
+        "AdamW": estimate_memory(module.model, baseline, shape, input_dtype=dtype).as_dict(),
+        type(chosen).__name__ + (" (fused)" if module.fused_update else ""): estimate_memory(
+            module.model, chosen, shape, fused_update=module.fused_update, input_dtype=dtype
+        ).as_dict(),
+    }
+    if opts.json:
+        print(json.dumps({"input_shape": list(shape), **rows}, indent=2))
+        return rows
+    (name_a, a), (name_b, b) = rows.items()
+    lines = [f"Predicted training memory, input {list(shape)} ({dtype}), MiB", "",
+             f"| category | {name_a} | {name_b} | ratio |", "|---|---:|---:|---:|"]
+    for key in a:
+        ratio = b[key] / a[key] if a[key] else float("nan")
+        lines.append(f"| {key} | {a[key] / 2**20:.2f} | {b[key] / 2**20:.2f} | {ratio:.3f} |")
+    print("\n".join(lines))
+    return rows
+
+
+def main() -> None:
+    """Console-script entry point (``tgalore``): returns nothing, so the exit status is 0 on success."""
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "memory":
+        memory_main(sys.argv[2:])
+        return
     cli_main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

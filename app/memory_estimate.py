@@ -1,0 +1,142 @@
+"""Predict training memory without training: parameters, gradients, optimizer state and activations.
+
+Assumptions (documented in the README's memory section):
+
+* **params**: the bytes of the model's parameters, exact (the model is built, nothing is run).
+* **grads**: one gradient per trainable parameter, same size and dtype. With fused per-parameter updates
+  (``OperatorModule(fused_update=True)``) a gradient is freed as soon as its parameter is updated, so the
+  prediction is the largest single gradient (the peak while that parameter is being stepped).
+* **optimizer state**: what the optimizer holds after its first step, from its param groups and its own rules
+  (``TensorGaLoreAdamW``: core-shaped moments, factors, spectra and counters per projected weight;
+  ``torch.optim.Adam``/``AdamW``: two moments and a step per parameter). Exact, checked against measured bytes.
+* **activations**: the tensors autograd saves for the backward pass during one forward pass at the given batch
+  and grid, counted once per tensor and excluding the parameters, measured by running the forward pass on the
+  ``meta`` device (no memory, no compute). A real device also needs transient buffers (FFT workspaces, the
+  backward's temporaries), so a CUDA peak is somewhat higher; the test compares against ``max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from app.memory import tensor_bytes
+from app.optim import TensorGaLoreAdamW, projection_layout
+
+__all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
+
+
+def _real_itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).real.element_size()
+
+
+def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
+    layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
+    itemsize, real = p.element_size(), _real_itemsize(p.dtype)
+    if layout is None:
+        return 4 + p.numel() * (itemsize + real)  # step + exp_avg + real exp_avg_sq
+    view, ranks = layout
+    core = 1
+    for n, r in zip(view, ranks, strict=True):
+        core *= n if r is None else r
+    factors = sum(n * r * itemsize for n, r in zip(view, ranks, strict=True) if r is not None)
+    spectra = sum(4 * n for r, n in zip(ranks, view, strict=True) if r is not None)
+    counters = 4 + 4 + 8 + 8  # step (float32), energy (float32), last_refresh and refreshes (int64)
+    return core * (itemsize + real) + factors + spectra + counters
+
+
+def predict_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of state ``optimizer`` will hold once every parameter has taken a step (no step is taken)."""
+    total = 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:
+                continue
+            if isinstance(optimizer, TensorGaLoreAdamW):
+                total += _galore_param_state_bytes(p, group)
+            elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+                moments = 3 if group.get("amsgrad") else 2
+                total += moments * tensor_bytes(p) + 4
+            else:
+                raise NotImplementedError(
+                    f"no state model for {type(optimizer).__name__}; supported: TensorGaLoreAdamW, Adam, AdamW"
+                )
+    return total
+
+
+def activation_bytes(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
+    """Bytes autograd saves for backward in one forward pass of ``model`` on an input of ``input_shape``.
+
+    The model is copied to the ``meta`` device, so this costs neither memory nor compute whatever its size.
+    """
+    meta = _meta_copy(model)
+    params = {id(p) for p in meta.parameters()}
+    saved: dict[int, int] = {}
+    keep: list[torch.Tensor] = []  # keep tensors alive so their ids stay unique
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(base) not in params:
+            saved[id(base)] = tensor_bytes(base)
+            keep.append(base)
+        return t
+
+    x = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        meta(x)
+    return sum(saved.values())
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy on the meta device, including tensors that modules cache as plain attributes (neuraloperator's
+    grid embedding keeps its last grid in ``_grid``), which ``Module.to`` does not move."""
+    clone = copy.deepcopy(model).to("meta")
+    for module in clone.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(module, name, value.to("meta"))
+            elif isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+                setattr(module, name, [v.to("meta") for v in value])
+    return clone
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    params: int
+    grads: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def total_without_activations(self) -> int:
+        return self.params + self.grads + self.optimizer_state
+
+    @property
+    def total(self) -> int:
+        return self.total_without_activations + self.activations
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "params+grads+state": self.total_without_activations, "total": self.total}
+
+
+def estimate_memory(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    input_shape: Sequence[int] | None,
+    *,
+    fused_update: bool = False,
+    input_dtype: torch.dtype = torch.float32,
+) -> MemoryEstimate:
+    """Predicted bytes per category for training ``model`` with ``optimizer`` (see the module docstring)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = max((tensor_bytes(p) for p in trainable), default=0) if fused_update else sum(map(tensor_bytes, trainable))
+    return MemoryEstimate(
+        params=sum(tensor_bytes(p) for p in model.parameters()),
+        grads=grads,
+        optimizer_state=predict_state_bytes(optimizer),
+        activations=activation_bytes(model, input_shape, input_dtype) if input_shape is not None else 0,
+    )

@@ -1,0 +1,784 @@
+"""Tensor-GaLore AdamW: Tucker-projected, complex-correct Adam with checkpointable, plain-tensor state.
+
+Algorithm (George et al., "Tensor-GaLore", Algorithm 1) for a parameter ``W`` with gradient ``G`` in a projected
+group; every operation uses conjugate transposes, so complex weights (FNO spectral weights) are handled exactly:
+
+1. at the parameter's first step, every ``update_proj_gap`` steps after its last refresh, or when
+   :meth:`TensorGaLoreAdamW.request_refresh` asked for it: recompute one orthonormal factor ``U_k`` per mode
+   from ``G`` (``solver``) and carry the moments over (``refresh_moments``: by default they restart from zero,
+   with the bias-correction ``t`` counted from the refresh);
+2. ``R = G x_1 U_1^H ... x_N U_N^H`` (the core; a few percent to a few tens of percent of ``G``);
+3. ``M = b1 M + (1 - b1) R`` (complex), ``V = b2 V + (1 - b2) |R|^2`` (real; see :func:`tucker.abs_sq`);
+4. ``W = (1 - lr * weight_decay) W - lr * scale * (M_hat / (sqrt(V_hat) + eps)) x_1 U_1 ... x_N U_N``
+   with the bias corrections ``M_hat = M / (1 - b1^t)``, ``V_hat = V / (1 - b2^t)``.
+
+Groups with ``galore=False`` (and 0-/1-D parameters of projected groups) get the same update on full tensors
+with no projection: for real parameters this is exactly ``torch.optim.AdamW`` (same operations, same bits);
+for complex ones the second moment is ``|g|^2`` (one real number per element) rather than torch's separate
+squares of the real and imaginary parts.
+
+State per projected parameter (plain tensors, so ``torch.load(weights_only=True)`` works):
+``step`` (0-d float32, host), ``exp_avg`` (core-shaped, parameter dtype), ``exp_avg_sq`` (core-shaped, real),
+``factor_k`` (``(n_k, r_k)`` for each projected mode ``k`` of the layout), ``spectrum_k`` (``(n_k,)`` float32
+Gram eigenvalues of the last refresh, for rank selection and diagnostics), ``energy`` (0-d float32: captured
+energy ``||R||^2 / ||G||^2`` at the last refresh), ``overlap`` (per mode, float32: subspace drift at the last
+refresh, from the second refresh on), ``last_refresh`` and ``refreshes`` (0-d int64, host) and,
+after a skipped non-finite step, ``nonfinite_skips`` (0-d int64, host). The ranks are the factors' shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..memory import optimizer_state_bytes
+from . import tucker
+from .matrix import matrix_ranks, matrix_shape
+
+__all__ = [
+    "TensorGaLoreAdamW",
+    "NonFiniteGradientError",
+    "tensor_galore_adamw",
+    "projection_layout",
+]
+
+logger = logging.getLogger(__name__)
+
+_PROJ = ("tucker", "matrix")
+_SOLVERS = ("hosvd", "hooi", "tensorly")
+_REFRESH_MOMENTS = ("keep", "project", "reset")
+_NONFINITE = ("error", "skip")
+# state entries kept on the host (like torch's ``step``): read for refresh decisions without a device sync
+_HOST_KEYS = frozenset({"step", "last_refresh", "refreshes", "nonfinite_skips"})
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A parameter's gradient contains inf or nan and its group has ``nonfinite="error"``."""
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid; choose one of {', '.join(map(repr, choices))}")
+
+
+def _check_real(name: str, value: object, lo: float, example: str, *, strict: bool = False) -> None:
+    if not _is_number(value):
+        raise TypeError(f"{name}={value!r} has type {type(value).__name__}; use a float, e.g. {name}={example}")
+    if not (math.isfinite(value) and (value > lo if strict else value >= lo)):
+        raise ValueError(
+            f"{name}={value!r} is invalid: use a finite float {'>' if strict else '>='} {lo:g}, e.g. {name}={example}"
+        )
+
+
+def _check_options(group: dict[str, Any]) -> None:
+    """Validate every option of a param group (or of ``defaults``); the messages name the value and the fix."""
+    _check_real("lr", group["lr"], 0.0, "1e-3")
+    betas = group["betas"]
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"betas={betas!r} is invalid: use a pair of floats, e.g. betas=(0.9, 0.999)")
+    for i, b in enumerate(betas):
+        if not _is_number(b) or not 0.0 <= b < 1.0:
+            raise ValueError(f"betas[{i}]={b!r} is invalid: each beta must be in [0, 1), e.g. betas=(0.9, 0.999)")
+    _check_real("eps", group["eps"], 0.0, "1e-8")
+    _check_real("weight_decay", group["weight_decay"], 0.0, "1e-4")
+    _check_real("scale", group["scale"], 0.0, "1.0", strict=True)
+    for key in ("galore", "refresh_pending"):
+        if not isinstance(group[key], bool):
+            raise TypeError(f"{key}={group[key]!r} must be a bool (True or False), got {type(group[key]).__name__}")
+    tucker.check_rank_spec(group["rank"])
+    gap = group["update_proj_gap"]
+    if gap is not None and (not tucker._is_int(gap) or gap < 1):
+        raise ValueError(
+            f"update_proj_gap={gap!r} is invalid: use an int >= 1 (steps between refreshes), or None "
+            "to refresh only at the first step and on request_refresh()"
+        )
+    _check_choice("proj", group["proj"], _PROJ)
+    if not tucker._is_int(group["rollup"]) or group["rollup"] < 1:
+        raise ValueError(
+            f"rollup={group['rollup']!r} is invalid: use an int >= 1 (leading modes rolled into the "
+            "rows of the matrix view), e.g. rollup=1"
+        )
+    _check_choice("solver", group["solver"], _SOLVERS)
+    if not tucker._is_int(group["solver_iters"]) or group["solver_iters"] < 1:
+        raise ValueError(f"solver_iters={group['solver_iters']!r} is invalid: use an int >= 1, e.g. solver_iters=1")
+    _check_choice("refresh_moments", group["refresh_moments"], _REFRESH_MOMENTS)
+    _check_choice("nonfinite", group["nonfinite"], _NONFINITE)
+
+
+def projection_layout(
+    shape: Sequence[int], rank: tucker.RankSpec, proj: str = "tucker", rollup: int = 1
+) -> tuple[tuple[int, ...], tuple[int | None, ...]] | None:
+    """How a parameter of ``shape`` is projected: ``(view_shape, ranks)`` or ``None`` (not projected).
+
+    * ``ndim <= 1``: ``None`` (full-tensor Adam; there is nothing to project);
+    * ``proj="tucker"`` and ``ndim >= 3``: the tensor itself, one rank per mode (:func:`tucker.resolve_ranks`);
+    * ``proj="matrix"``, or any 2-D parameter: the ``(m, n)`` matrix view of :func:`matrix.matrix_shape` with
+      ``rollup`` and a rank on its smaller side only (:func:`matrix.matrix_ranks`).
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) <= 1:
+        return None
+    if proj == "tucker" and len(shape) >= 3:
+        return shape, tucker.resolve_ranks(rank, shape)
+    view = matrix_shape(shape, rollup)
+    return view, matrix_ranks(rank, view)
+
+
+# ------------------------------------------------------------------------------------------ functional kernel
+
+
+def _ema_abs_sq_(v: Tensor, g: Tensor, beta2: float) -> None:
+    """``v = beta2 * v + (1 - beta2) * |g|^2`` in place; real ``v``; the real case is torch.optim.AdamW's ops."""
+    if g.is_complex():
+        v.mul_(beta2).add_(tucker.abs_sq(g), alpha=1 - beta2)
+    else:
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+
+
+def tensor_galore_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    factors: list[Sequence[Tensor | None] | None],
+    bias_steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    scale: float,
+) -> None:
+    """One AdamW update per parameter, in a projected space where ``factors[i]`` is given.
+
+    ``grads[i]`` is the projected gradient (the core, shaped like the moments) when ``factors[i]`` is a factor
+    list (the parameter's layout view has ``len(factors[i])`` modes), else the full gradient. ``bias_steps[i]``
+    is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
+    update of a projected parameter is multiplied by ``scale``. Full-tensor updates use exactly the operations of
+    ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits).
+    """
+    for i, param in enumerate(params):
+        grad, exp_avg, exp_avg_sq, fs = grads[i], exp_avgs[i], exp_avg_sqs[i], factors[i]
+        step = bias_steps[i]
+        if weight_decay != 0 and fs is None:
+            param.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        _ema_abs_sq_(exp_avg_sq, grad, beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+        if fs is None:
+            param.addcdiv_(exp_avg, denom, value=-step_size)
+            continue
+        direction = exp_avg / denom
+        view = [direction.shape[k] if u is None else u.shape[0] for k, u in enumerate(fs)]
+        decay = 1 - lr * weight_decay
+        if param.is_contiguous():  # decay and update in one pass, the last mode product writing into param
+            tucker.add_project_back_(param.view(view), direction, fs, alpha=-step_size * scale, beta=decay)
+        else:
+            update = tucker.project_back(direction, fs).reshape(param.shape)
+            param.mul_(decay).add_(update, alpha=-step_size * scale)
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+
+
+@dataclass
+class _Work:
+    """One parameter's share of a step, built before any state changes (never stored)."""
+
+    group_idx: int
+    param_idx: int
+    param: Tensor
+    grad: Tensor  # full gradient, in the layout view for projected parameters
+    layout: tuple[tuple[int, ...], tuple[int | None, ...]] | None
+    refresh: bool = False
+    core: Tensor | None = None
+    grad_norm_sq: Tensor | None = None  # ||G||^2 at refresh steps (reused for the captured energy)
+
+    def finiteness_probe(self) -> Tensor:
+        """A 0-d float32 that is finite iff the gradient is: ``||core||^2`` between refreshes (inf/nan in ``G``
+        reach the core; one pass over a small tensor), ``||G||^2`` at refreshes and for full-tensor updates.
+        A gradient whose squared norm overflows float32 counts as non-finite."""
+        if self.core is not None:
+            return tucker.norm_sq(self.core)
+        if self.refresh:
+            self.grad_norm_sq = tucker.norm_sq(self.grad)
+            return self.grad_norm_sq
+        return tucker.norm_sq(self.grad)
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.empty((), dtype=dtype).real.dtype
+
+
+def _factor_keys(state: dict[str, Any]) -> dict[int, str]:
+    return {int(k[len("factor_") :]): k for k in state if k.startswith("factor_")}
+
+
+def _factors_from_state(state: dict[str, Any], layout) -> list[Tensor | None] | None:
+    """The stored factors if they fit ``layout``'s view and projected modes (ranks may differ), else ``None``."""
+    view, ranks = layout
+    keys = _factor_keys(state)
+    if set(keys) != {k for k, r in enumerate(ranks) if r is not None}:
+        return None
+    fs: list[Tensor | None] = [None] * len(view)
+    for k, key in keys.items():
+        u = state[key]
+        if u.ndim != 2 or u.shape[0] != view[k]:
+            return None
+        fs[k] = u
+    return fs
+
+
+def _resize(t: Tensor, shape: Sequence[int]) -> Tensor:
+    """Crop or zero-pad ``t`` to ``shape`` along every dimension (leading entries kept)."""
+    if tuple(t.shape) == tuple(shape):
+        return t
+    out = t.new_zeros(shape)
+    idx = tuple(slice(0, min(a, b)) for a, b in zip(t.shape, shape, strict=True))
+    out[idx] = t[idx]
+    return out
+
+
+def _transfer_moments(
+    exp_avg: Tensor, exp_avg_sq: Tensor, old: Sequence[Tensor | None], new: Sequence[Tensor | None], rule: str
+) -> tuple[Tensor, Tensor]:
+    """Moments in the new basis; see ``refresh_moments`` in :class:`TensorGaLoreAdamW`."""
+    core_shape = [exp_avg.shape[k] if u is None else u.shape[1] for k, u in enumerate(new)]
+    if rule == "reset":
+        return exp_avg.new_zeros(core_shape), exp_avg_sq.new_zeros(core_shape)
+    if rule == "keep":
+        return _resize(exp_avg, core_shape), _resize(exp_avg_sq, core_shape)
+    rot = [None if u is None else u.mH @ v for u, v in zip(new, old, strict=True)]  # (r_new, r_old) per mode
+    m = tucker.multi_mode_dot(exp_avg, rot)
+    v = tucker.multi_mode_dot(exp_avg_sq, [None if r is None else tucker.abs_sq(r) for r in rot])
+    return m, v.clamp_min_(0)
+
+
+class TensorGaLoreAdamW(Optimizer):
+    """AdamW with Tensor-GaLore (Tucker) or GaLore (matrix) gradient projection, correct for complex weights.
+
+    A param group is projected when its ``galore`` option is True; other groups get complex-correct AdamW on full
+    tensors (for real parameters this is exactly ``torch.optim.AdamW``). Every option below is a per-group key
+    (overridable per param group, saved in ``state_dict()``). A subspace is computed at a parameter's first step,
+    again every ``update_proj_gap`` steps, and when requested with :meth:`request_refresh`; :meth:`set_rank`
+    changes the rank used from the next refresh on.
+
+    Ranks (``rank``), for a parameter of shape ``(n_1, ..., n_N)``:
+
+    * float ``f`` in (0, 1]: the core keeps about a fraction ``f`` of the elements, spread evenly over the modes
+      of size > 1: ``r_k = clamp(floor(n_k * f**(1/K) + 0.5), 1, n_k)`` with ``K`` such modes (``(64, 64, 32, 17)``
+      at 0.25 -> ``(45, 45, 23, 12)``, 25.1% of the elements). On the matrix path, ``f`` of the smaller side.
+    * int ``r``: ``min(r, n_k)`` for every mode (matrix path: for the smaller side).
+    * sequence: one entry per mode, an int (capped at ``n_k``) or a fraction of that mode (Tucker path only).
+
+    Args:
+        params: parameters or param-group dicts (a group may override any option below).
+        lr: learning rate.
+        betas: coefficients of the running averages of the gradient and of its squared magnitude.
+        eps: term added to the denominator for numerical stability.
+        weight_decay: decoupled weight decay, applied in full space like ``torch.optim.AdamW``.
+        galore: project this group's parameters (True) or run full-tensor AdamW (False). Parameters with fewer
+            than 2 dimensions are never projected.
+        rank: rank of the projection. A float ``f`` in (0, 1] keeps about that fraction of the elements
+            (``r_k = clamp(floor(n_k * f**(1/K) + 0.5), 1, n_k)`` over the ``K`` modes of size > 1); an int is
+            the rank of every mode (capped at its size); a sequence gives each mode an int or a fraction of it.
+        update_proj_gap: steps between automatic subspace refreshes, counted from a parameter's last refresh;
+            None refreshes only at the first step and on ``request_refresh()``.
+        scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``).
+        proj: ``"tucker"``: Tensor-GaLore, one factor per mode (``G x_k U_k^H``); ``"matrix"``: the GaLore
+            baseline, a one-sided projection of the matrix view with ``rollup`` leading modes as rows.
+            2-D parameters always use the matrix projection.
+        rollup: number of leading modes rolled up into the rows of the matrix view (``proj="matrix"``); capped
+            at ``ndim - 1``.
+        solver: ``"hosvd"``: sequentially truncated HOSVD through each mode's Gram matrix (``eigh``; fast, the
+            default); ``"hooi"``: HOOI sweeps warm-started from the previous factors (from HOSVD at the first
+            refresh or after a rank change); ``"tensorly"``: ``tensorly.decomposition.tucker(init="svd")``
+            under a local pytorch backend (slow reference).
+        solver_iters: HOOI sweeps for ``solver="hooi"``; ``n_iter_max`` for ``solver="tensorly"``.
+        refresh_moments: what a refresh does to the Adam moments. ``"reset"`` (default): zero them and restart
+            the bias correction from the refresh step, i.e. a fresh Adam in the new subspace (trained best on a
+            small FNO, see BENCHMARKS.md). ``"project"``: rotate them into the new basis; with
+            ``R_k = U_k,new^H U_k,old`` the first moment becomes ``M x_k R_k`` (exact) and the second
+            ``V x_k |R_k|^2`` (elementwise squared magnitudes: the exact second moment of the rotated coordinates
+            if the old ones were uncorrelated). ``"keep"``: keep the coordinates as they are (GaLore's
+            behaviour); if a mode's rank changes, moments are cropped or zero-padded along it (factor columns
+            are sorted by energy, so leading coordinates persist). Rank changes are handled by all three rules.
+        nonfinite: ``"error"`` raises :class:`NonFiniteGradientError` naming the parameter and step;
+            ``"skip"`` skips the whole step (no moment, factor, step-count or parameter change), warns, and
+            counts it in ``nonfinite_skips``. The check costs one device-to-host read per step.
+
+    Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
+
+    Example::
+
+        opt = TensorGaLoreAdamW(
+            [{"params": spectral_weights, "galore": True}, {"params": others}], lr=1e-3, rank=0.25)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        galore: bool = False,
+        rank: int | float | Sequence[int | float] = 0.25,
+        update_proj_gap: int | None = 200,
+        scale: float = 1.0,
+        proj: Literal["tucker", "matrix"] = "tucker",
+        rollup: int = 1,
+        solver: Literal["hosvd", "hooi", "tensorly"] = "hosvd",
+        solver_iters: int = 1,
+        refresh_moments: Literal["keep", "project", "reset"] = "reset",
+        nonfinite: Literal["error", "skip"] = "error",
+    ) -> None:
+        if isinstance(betas, list):
+            betas = tuple(betas)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            galore=galore,
+            rank=rank,
+            update_proj_gap=update_proj_gap,
+            scale=scale,
+            proj=proj,
+            rollup=rollup,
+            solver=solver,
+            solver_iters=solver_iters,
+            refresh_moments=refresh_moments,
+            nonfinite=nonfinite,
+            refresh_pending=False,
+        )
+        _check_options(defaults)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # options added after the first release get their defaults here
+            group.setdefault("refresh_pending", False)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (filled from ``defaults``) after validating its options and its parameters' ranks."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group, len(self.param_groups) - 1)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    @staticmethod
+    def _check_group(group: dict[str, Any], group_idx: int, rank: object = None) -> None:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        _check_options(group if rank is None else {**group, "rank": rank})
+        if not group["galore"]:
+            return
+        for i, p in enumerate(group["params"]):
+            try:
+                projection_layout(p.shape, group["rank"] if rank is None else rank, group["proj"], group["rollup"])
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"param_groups[{group_idx}] {_param_name(group, i)}: {err}") from None
+
+    # -------------------------------------------------------------------------------- control (policy side)
+
+    def _groups(self, group_idx: int | None) -> list[dict[str, Any]]:
+        if group_idx is None:
+            return list(self.param_groups)
+        if not tucker._is_int(group_idx) or not 0 <= group_idx < len(self.param_groups):
+            raise ValueError(
+                f"group_idx={group_idx!r} is invalid: use None (all groups) or an int in "
+                f"[0, {len(self.param_groups) - 1}]"
+            )
+        return [self.param_groups[group_idx]]
+
+    def request_refresh(self, group_idx: int | None = None) -> None:
+        """Refresh the subspaces of the projected parameters of one group (or all) at the next :meth:`step`.
+
+        Sets ``group["refresh_pending"] = True``; the next step that is not skipped refreshes and clears it.
+        The automatic cadence restarts from that refresh.
+        """
+        for group in self._groups(group_idx):
+            group["refresh_pending"] = True
+
+    def set_rank(self, rank: int | float | Sequence[int | float], group_idx: int | None = None) -> None:
+        """Set ``group["rank"]`` of one group (or all); it applies at each parameter's next refresh.
+
+        The spec is validated against every projected parameter first; nothing changes if it is invalid.
+        Moments are carried into the new shape by ``refresh_moments``.
+        """
+        groups = self._groups(group_idx)
+        for group in groups:
+            self._check_group(group, next(i for i, g in enumerate(self.param_groups) if g is group), rank=rank)
+        for group in groups:
+            group["rank"] = rank
+
+    # -------------------------------------------------------------------------------- read-only diagnostics
+
+    def subspace_stats(self, spectra: bool = False) -> list[dict[str, Any]]:
+        """Per projected parameter (with state), plain Python numbers; reads device values back (for logging).
+
+        Each entry: ``group``, ``index`` (position in the group), ``name`` (if the group has ``param_names``),
+        ``shape``, ``view_shape``, ``ranks`` (per mode of the view; None for unprojected modes), ``core_numel``,
+        ``step``, ``last_refresh`` (step index of the last refresh, 0-based), ``refreshes`` (refreshes done,
+        including failed attempts that kept the old factors), ``energy`` (captured energy
+        ``||core||^2/||G||^2`` at the last refresh), ``mode_energy`` (per mode: fraction of the eigenvalue sum of
+        the Gram matrix the solver diagonalised that the kept rank covers; for the default sequential HOSVD the
+        later modes' Gram matrices are of the already-truncated gradient), ``overlap`` (per mode, the mean
+        squared cosine of the principal angles between the subspaces before and after the last refresh, 1 = no
+        drift; None before a second refresh), ``nonfinite_skips``, ``state_bytes``
+        and, with ``spectra=True``, ``spectra`` (those eigenvalues per mode, decreasing, lists of floats).
+        """
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                state = self.state.get(p, {})
+                keys = _factor_keys(state)
+                if not keys or "exp_avg" not in state:
+                    continue
+                view_ndim = state["exp_avg"].ndim
+                ranks: list[int | None] = [None] * view_ndim
+                view = list(state["exp_avg"].shape)
+                for k, key in keys.items():
+                    view[k], ranks[k] = (int(n) for n in state[key].shape)
+                # one device-to-host read per parameter: energy, then (kept, total) per mode with a spectrum
+                spec = {k: state[f"spectrum_{k}"] for k in keys if f"spectrum_{k}" in state}
+                numbers = [state["energy"].float().reshape(1)]
+                if "overlap" in state:
+                    numbers.append(state["overlap"].float().to(numbers[0].device))
+                for k, s in spec.items():
+                    numbers.append(torch.stack([s[: ranks[k]].sum(), s.sum()]).to(numbers[0].device))
+                values = torch.cat(numbers).tolist()
+                energy, values = values[0], values[1:]
+                overlap: list[float | None] | None = None
+                if "overlap" in state:
+                    overlap = [None if r is None else x for x, r in zip(values[:view_ndim], ranks, strict=True)]
+                    values = values[view_ndim:]
+                mode_energy: list[float | None] = [None] * view_ndim
+                for i, k in enumerate(spec):
+                    kept, total = values[2 * i], values[2 * i + 1]
+                    mode_energy[k] = kept / total if total > 0 else 1.0
+                entry = {
+                    "group": gi,
+                    "index": pi,
+                    "name": _param_name(group, pi, plain=True),
+                    "shape": tuple(p.shape),
+                    "view_shape": tuple(view),
+                    "ranks": tuple(ranks),
+                    "core_numel": int(state["exp_avg"].numel()),
+                    "step": int(state["step"]),
+                    "last_refresh": int(state["last_refresh"]),
+                    "refreshes": int(state["refreshes"]),
+                    "energy": energy,
+                    "overlap": None if overlap is None else tuple(overlap),
+                    "mode_energy": tuple(mode_energy),
+                    "nonfinite_skips": int(state["nonfinite_skips"]) if "nonfinite_skips" in state else 0,
+                    "state_bytes": _bytes(state),
+                }
+                if spectra:
+                    entry["spectra"] = [spec[k].tolist() if k in spec else None for k in range(view_ndim)]
+                out.append(entry)
+        return out
+
+    def captured_energy_now(self) -> list[dict[str, Any]]:
+        """How much of each projected parameter's *current* gradient its current subspace captures.
+
+        ``||project(G)||^2 / ||G||^2`` with the stored factors (one projection per parameter, one host read in
+        all), for a lazy refresh policy; call it while gradients exist (e.g. before :meth:`step`). Entries:
+        ``group``, ``index``, ``energy``; parameters without factors or gradients are left out.
+        """
+        keys, energies = [], []
+        for gi, group in enumerate(self.param_groups):
+            if not group["galore"]:
+                continue
+            for pi, p in enumerate(group["params"]):
+                state = self.state.get(p, {})
+                layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"])
+                if p.grad is None or layout is None or "step" not in state:
+                    continue
+                factors = _factors_from_state(state, layout)
+                if factors is None:
+                    continue
+                g = p.grad.reshape(layout[0])
+                keys.append((gi, pi))
+                energies.append(tucker.captured_energy(tucker.project(g, factors), g))
+        if not energies:
+            return []
+        device = energies[0].device
+        values = torch.stack([e.to(device) for e in energies]).tolist()
+        return [{"group": gi, "index": pi, "energy": e} for (gi, pi), e in zip(keys, values, strict=True)]
+
+    def state_bytes(self) -> dict[str, Any]:
+        """Exact bytes of optimizer state tensors: ``{"total": int, "groups": [int per param group]}``.
+
+        Compare with :func:`app.memory.adamw_state_bytes` (what ``torch.optim.AdamW`` would hold).
+        """
+        groups = optimizer_state_bytes(self, per_group=True)
+        return {"total": sum(groups), "groups": groups}
+
+    # -------------------------------------------------------------------------------- checkpointing
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like ``torch.optim.Optimizer`` but keep each state tensor's saved dtype.
+
+        torch casts floating state to a real parameter's dtype and moves every entry to the parameter's device;
+        this optimizer's state has fixed dtypes (real second moments, int64 counters, float32 diagnostics) and
+        host-side counters, so each entry is restored from the saved value: host keys on the CPU, the rest on
+        the parameter's device.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        saved_state = state_dict["state"]
+        for pid, p in zip(saved_ids, params, strict=True):
+            if pid in saved_state:
+                self.state[p] = {
+                    k: v.to(device="cpu" if k in _HOST_KEYS else p.device) if isinstance(v, Tensor) else v
+                    for k, v in saved_state[pid].items()
+                }
+
+    # -------------------------------------------------------------------------------- step (mechanism)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step (``closure`` re-evaluates the model and returns the loss)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [self._collect(gi, group) for gi, group in enumerate(self.param_groups)]
+        if not self._finite_or_skip(work):
+            return loss
+        for group, items in zip(self.param_groups, work, strict=True):
+            self._update_group(group, items)
+            group["refresh_pending"] = False
+        return loss
+
+    def _collect(self, group_idx: int, group: dict[str, Any]) -> list[_Work]:
+        """Find the parameters to update, decide refreshes and project gradients; changes no state."""
+        _check_options(group)
+        items = []
+        for pi, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("TensorGaLoreAdamW does not support sparse gradients")
+            layout = (
+                projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
+            )
+            if layout is None:
+                items.append(_Work(group_idx, pi, p, p.grad, None))
+                continue
+            item = _Work(group_idx, pi, p, p.grad.reshape(layout[0]), layout)
+            state = self.state[p]
+            factors = _factors_from_state(state, layout) if "step" in state else None
+            gap = group["update_proj_gap"]
+            item.refresh = (
+                factors is None
+                or group["refresh_pending"]
+                or (gap is not None and int(state["step"]) - int(state["last_refresh"]) >= gap)
+            )
+            if not item.refresh:
+                item.core = tucker.project(item.grad, factors)
+            items.append(item)
+        return items
+
+    def _finite_or_skip(self, work: list[list[_Work]]) -> bool:
+        """True if every gradient is finite. Else raise (``nonfinite="error"``) or count the skip and warn."""
+        items = [it for group_items in work for it in group_items]
+        if not items:
+            return True
+        device = items[0].grad.device
+        flags = torch.isfinite(torch.stack([it.finiteness_probe().to(device) for it in items]))
+        if bool(flags.all()):  # the one device-to-host read of a step
+            return True
+        bad = [items[i] for i in torch.nonzero(~flags.cpu()).flatten().tolist()]
+        for it in bad:
+            group = self.param_groups[it.group_idx]
+            if group["nonfinite"] == "error":
+                raise NonFiniteGradientError(
+                    f"non-finite gradient for {self._describe(it)} at step {self._step_of(it.param)}; "
+                    "fix the loss/learning rate, or pass nonfinite='skip' to skip such steps"
+                )
+        warnings.warn(
+            f"TensorGaLoreAdamW skipped a step: non-finite gradient for {self._describe(bad[0])}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''} at step {self._step_of(bad[0].param)}; "
+            "moments, factors and step counts are unchanged",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        for it in items:
+            state = self.state[it.param]
+            if "nonfinite_skips" not in state:
+                state["nonfinite_skips"] = torch.zeros((), dtype=torch.int64)
+            state["nonfinite_skips"] += 1
+        return False
+
+    def _step_of(self, p: Tensor) -> int:
+        state = self.state.get(p, {})
+        return int(state["step"]) if "step" in state else 0
+
+    def _describe(self, it: _Work) -> str:
+        group = self.param_groups[it.group_idx]
+        return (
+            f"param_groups[{it.group_idx}] {_param_name(group, it.param_idx)} "
+            f"(shape {tuple(it.param.shape)}, {it.param.dtype})"
+        )
+
+    def _update_group(self, group: dict[str, Any], items: list[_Work]) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, factors, bias_steps = [], [], [], [], [], []
+        reset = group["refresh_moments"] == "reset"
+        for it in items:
+            p, state = it.param, self.state[it.param]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+            if it.layout is None:
+                if "exp_avg" not in state or state["exp_avg"].shape != p.shape or _factor_keys(state):
+                    self._init_dense(p, state)
+                fs = None
+            else:
+                if it.refresh:
+                    self._refresh(it, state, group)
+                fs = _factors_from_state(state, it.layout)
+            state["step"] += 1
+            step = float(state["step"])  # host tensor: no device sync
+            params.append(p)
+            grads.append(it.grad if it.core is None else it.core)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            factors.append(fs)
+            bias_steps.append(step - float(state["last_refresh"]) if (reset and fs is not None) else step)
+        if params:
+            beta1, beta2 = group["betas"]
+            tensor_galore_adamw(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                factors,
+                bias_steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                scale=group["scale"],
+            )
+
+    @staticmethod
+    def _init_dense(p: Tensor, state: dict[str, Any]) -> None:
+        for key in [k for k in state if k != "step" and k != "nonfinite_skips"]:
+            del state[key]  # a parameter whose group switched from projected to full
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros(p.shape, dtype=_real_dtype(p.dtype), device=p.device)
+
+    def _solve(self, g: Tensor, ranks, old: list[Tensor | None] | None, group: dict[str, Any]):
+        solver = group["solver"]
+        if solver == "hosvd":
+            return tucker.hosvd(g, ranks)
+        if solver == "tensorly":
+            return tucker.tensorly_tucker(g, ranks, n_iter_max=group["solver_iters"])
+        same_ranks = old is not None and all(
+            (u is None and r is None) or (u is not None and r is not None and u.shape[1] == r)
+            for u, r in zip(old, ranks, strict=True)
+        )
+        start = old if same_ranks else tucker.hosvd(g, ranks).factors
+        return tucker.hooi(g, start, group["solver_iters"])
+
+    def _refresh(self, it: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """New factors for ``it`` (or the old ones if the solver fails), moments carried over, core computed."""
+        view, ranks = it.layout
+        old = _factors_from_state(state, it.layout)
+        s = int(state["step"])
+        try:
+            core, new, spectra = self._solve(it.grad, ranks, old, group)
+            if not bool(torch.stack([torch.isfinite(u).all() for u in new if u is not None]).all()):  # 1 sync
+                raise torch.linalg.LinAlgError("the solver returned non-finite factors")
+        except torch.linalg.LinAlgError as err:
+            fallback = "keeping the previous factors" if old is not None else "using coordinate subspaces"
+            warnings.warn(
+                f"TensorGaLoreAdamW: subspace solver {group['solver']!r} failed for {self._describe(it)} at step "
+                f"{s} ({err}); {fallback} until the next refresh",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            new = (
+                old
+                if old is not None
+                else [
+                    None if r is None else torch.eye(n, r, dtype=it.grad.dtype, device=it.grad.device)
+                    for n, r in zip(view, ranks, strict=True)
+                ]
+            )
+            spectra, core = None, tucker.project(it.grad, new)
+        core_shape = [n if u is None else u.shape[1] for n, u in zip(view, new, strict=True)]
+        real = _real_dtype(it.param.dtype)
+        old_core = None if old is None else [n if u is None else u.shape[1] for n, u in zip(view, old, strict=True)]
+        if old is not None and "exp_avg" in state and list(state["exp_avg"].shape) == old_core:
+            exp_avg, exp_avg_sq = _transfer_moments(
+                state["exp_avg"], state["exp_avg_sq"], old, new, group["refresh_moments"]
+            )
+        else:
+            exp_avg = torch.zeros(core_shape, dtype=it.param.dtype, device=it.param.device)
+            exp_avg_sq = torch.zeros(core_shape, dtype=real, device=it.param.device)
+        stale = ("factor_",) if spectra is None else ("factor_", "spectrum_")
+        for key in [k for k in state if k.startswith(stale)]:
+            del state[key]
+        state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        for k, u in enumerate(new):
+            if u is not None:
+                state[f"factor_{k}"] = u
+        if spectra is not None:
+            for k, sp in enumerate(spectra):
+                if sp is not None:
+                    state[f"spectrum_{k}"] = sp
+        if old is not None:  # mean squared cosine of the principal angles between old and new subspaces
+            state["overlap"] = torch.stack(
+                [
+                    torch.ones((), device=it.param.device)  # an unprojected mode spans the full space
+                    if u is None
+                    else tucker.norm_sq(u.mH @ v) / min(u.shape[1], v.shape[1])
+                    for u, v in zip(new, old, strict=True)
+                ]
+            )
+        it.core = core
+        state["energy"] = tucker.captured_energy(core, it.grad, it.grad_norm_sq)
+        state["last_refresh"] = torch.tensor(s, dtype=torch.int64)
+        state["refreshes"] = state.get("refreshes", torch.zeros((), dtype=torch.int64)) + 1
+        logger.debug("refreshed %s at step %d: core %s", self._describe(it), s, tuple(core_shape))
+
+
+def _param_name(group: dict[str, Any], idx: int, plain: bool = False) -> str | None:
+    names = group.get("param_names")
+    if plain:
+        return names[idx] if names else None
+    return f"params[{idx}]" + (f" ({names[idx]!r})" if names else "")
+
+
+def _bytes(state: dict[str, Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, Tensor))

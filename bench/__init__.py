@@ -1,0 +1,1 @@
+"""Benchmarks that write BENCHMARKS.md (each owns a marked section of it)."""
