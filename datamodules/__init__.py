@@ -1,4 +1,4 @@
-"""LightningDataModules for PDE datasets, on one shared base class."""
+"""LightningDataModules for PDE datasets, on one shared base class (``datamodules.base.PDEDataModule``)."""
 
 from datamodules.base import PDEDataModule
 from datamodules.darcy import DarcyDataModule

@@ -1,47 +1,102 @@
-"""PDEDataModule: what every PDE dataset shares (loading, checks, splits, normalisation, loaders, caching).
+"""PDEDataModule: everything the PDE datasets share; a subclass says only how to read and how to generate samples.
 
-A subclass only says how to produce its tensors: ``load_train()`` and ``load_tests()`` return fields shaped
-``(N, channels, *spatial)`` (from public files or from the generated cache), and optionally ``generate()`` writes
-that cache in ``prepare_data``. Everything else is here:
+A dataset (``datamodules/darcy.py`` and later Burgers, Navier-Stokes, EM) subclasses ``PDEDataModule`` and provides
 
-* **checks before training**: counts, shapes, dtypes, NaN/Inf, batch size vs data size; each error names the
-  file or split, the value and the fix;
-* **splits**: the last ``val_fraction`` of the training samples is the validation set (model selection never
-  sees a test set); every test set (e.g. one per resolution) gets its own dataloader and name (``test_names``);
-* **normalisation**: per-channel mean/std of ``x`` fitted on the training split only (resolution-independent),
-  applied to every split; ``y`` stays in physical units and its train statistics ``y_mean``/``y_std`` are offered
-  to the LightningModule (which predicts normalised outputs and decodes them). All four are saved in checkpoints
-  through ``state_dict``;
-* **reproducible shuffling**: the training order is a function of ``(seed, epoch)``, so a resumed run sees the
-  same batches as an uninterrupted one.
+* class attributes ``name`` (cache folder), ``n_dims``, ``in_channels``, ``out_channels``, ``complex_data``
+  (a subclass whose channel count depends on its arguments sets them in ``__init__``);
+* ``read_file(path) -> (x, y)``: one file of its public format, as ``(N, C, *spatial)`` tensors;
+* ``generate(rngs, resolutions) -> {s: (x, y)}``: one sample per random generator, at every resolution asked
+  for, with its solver; and ``generator_settings()``: every setting that changes the generated data.
+
+(Data that these two cannot describe can instead override ``load_train()``, ``load_tests()`` and
+``prepare_data``; ``setup`` only needs the first two.)
+
+The base does the rest, the same way for every dataset:
+
+* **sources**: ``train_file`` and ``test_files`` are read (the first ``n_train``/``n_test`` samples); without
+  them the data is generated in ``prepare_data`` and cached under ``data_dir/<name>/`` as
+  ``<split>_res<s>_n<n>_seed<seed>_<settings digest>.pt`` (written atomically; a cache of more samples with the
+  same key is reused). Sample ``i`` of a split draws from its own stream ``(seed, split, i)``, so the data does not
+  depend on ``n``, on chunking or on which resolutions were generated together, and the test sets at several
+  resolutions (``test_resolutions``) hold the same samples (zero-shot super-resolution);
+* **checks before training**, in ``setup``: each error names the file, the value and the fix;
+* **splits**: the last ``val_fraction`` of the training samples is the validation set (model selection never sees
+  a test set); every test set gets its own dataloader and a name in ``test_names`` (``res<s>``); predict uses the
+  first test set;
+* **normalisation**: ``x`` is normalised per channel with the mean/std of the training split only (so the same
+  numbers serve every resolution); ``y`` stays in physical units and its training statistics ``y_mean``/``y_std``
+  are offered to the LightningModule, which predicts normalised outputs and decodes them. Complex data: complex
+  mean, real std ``sqrt(mean |v - mean|^2)``. The four statistics are saved in checkpoints (``state_dict``); stats
+  restored from a checkpoint take precedence over refitted ones;
+* **reproducible training order**: a permutation drawn from ``(seed, epoch)``, so a resumed run sees the same
+  batches as an uninterrupted one.
 
 Batches are dicts ``{"x": (B, in_channels, *spatial), "y": (B, out_channels, *spatial)}``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import os
+import re
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from datamodules.io import check_keys, load_pt, save_pt_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PDEDataModule", "FieldDataset", "EpochShuffleSampler", "load_pt", "save_pt_atomic", "channel_stats"]
+__all__ = [
+    "PDEDataModule",
+    "Fields",
+    "TestSet",
+    "Generated",
+    "FieldDataset",
+    "EpochShuffleSampler",
+    "channel_stats",
+    "as_fields",
+    "grid_name",
+]
+
+CACHE_VERSION = 1  # bump when the cache layout or a generator changes, so old caches are not reused
+_STREAMS = {"train": 0, "test": 1}  # independent random streams of the generated splits
+_STATS = ("x_mean", "x_std", "y_mean", "y_std")
+
+#: what ``generate`` returns: ``{resolution: (x, y)}``, each ``(n_samples, channels, *spatial)``
+Generated = dict[int, tuple[Tensor, Tensor]]
+
+
+class Fields(NamedTuple):
+    """Paired samples ``x -> y``, each ``(N, C, *spatial)``, and where they came from (for error messages)."""
+
+    x: Tensor
+    y: Tensor
+    source: str
+
+
+class TestSet(NamedTuple):
+    """A test set: its name (``res<s>``, used in metric names), fields and source."""
+
+    name: str
+    x: Tensor
+    y: Tensor
+    source: str
 
 
 class FieldDataset(Dataset):
-    """Paired input/output fields held in memory."""
+    """Paired input/output fields held in memory; items are ``{"x", "y"}`` dicts."""
 
     def __init__(self, x: Tensor, y: Tensor) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         self.x, self.y = x, y
 
     def __len__(self) -> int:
@@ -52,7 +107,7 @@ class FieldDataset(Dataset):
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A random permutation per epoch drawn from ``(seed, epoch)`` only; Lightning calls ``set_epoch``."""
+    """A permutation drawn from ``(seed, epoch)`` alone; Lightning calls ``set_epoch`` at every epoch."""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
@@ -68,59 +123,73 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
-def load_pt(path: str | os.PathLike, what: str = "data file") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with errors that name the file and the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; check the path (relative paths start at {Path.cwd()})")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{what} {path} is empty (0 bytes); re-download or regenerate it")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/corrupt archives
-        raise ValueError(
-            f"{what} {path} could not be read ({type(err).__name__}: {err}); the file is corrupt, truncated or "
-            f"not a torch .pt file: re-download or regenerate it"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} {path} holds a {type(obj).__name__}, expected a dict of tensors")
-    return obj
-
-
-def save_pt_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def channel_stats(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of ``(N, C, *spatial)`` fields (complex: complex mean, real std of |t - mean|)."""
-    dims = [0] + list(range(2, t.ndim))
+    """Per-channel mean and std of ``(N, C, *spatial)`` fields, each of shape ``(C,)``.
+
+    Complex fields get a complex mean and the real std ``sqrt(mean |t - mean|^2)``. A constant channel gets std 1
+    (it cannot be scaled to unit variance, and dividing by ~0 would blow it up).
+    """
+    dims = [0, *range(2, t.ndim)]
     mean = t.mean(dim=dims)
-    shape = (1, -1) + (1,) * (t.ndim - 2)
-    centred = t - mean.view(shape)
-    var = (centred.abs() ** 2).mean(dim=dims) if t.is_complex() else (centred**2).mean(dim=dims)
-    std = var.sqrt().clamp_min(1e-12)
-    return mean, std
+    centred = t - mean.view(1, -1, *[1] * (t.ndim - 2))
+    std = (centred.abs() ** 2).mean(dim=dims).sqrt()
+    return mean, torch.where(std > 0, std, torch.ones_like(std))
+
+
+def as_fields(t: Tensor, n_dims: int) -> Tensor:
+    """Add the channel axis to single-channel data stored as ``(N, *spatial)``."""
+    return t.unsqueeze(1) if isinstance(t, Tensor) and t.ndim == n_dims + 1 else t
+
+
+def grid_name(shape: Sequence[int], taken: Sequence[str] = ()) -> str:
+    """``res<s>`` for a grid of ``s`` points per axis (``res<s1>x<s2>`` otherwise), made unique among ``taken``."""
+    base = f"res{shape[0]}" if len(set(shape)) == 1 else "res" + "x".join(map(str, shape))
+    name, k = base, 2
+    while name in taken:  # e.g. two test files on one grid
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid; use an integer >= {minimum}")
 
 
 class PDEDataModule(LightningDataModule):
-    """Base class of the PDE datasets (see the module docstring).
+    """Base class of the PDE datasets: loading, generation cache, checks, splits, normalisation, dataloaders.
 
     Args:
-        data_dir: folder for generated data (a cache keyed by the generation parameters).
-        batch_size: training batch size.
-        test_batch_size: batch size for validation, test and predict (default: ``batch_size``).
-        num_workers: DataLoader worker processes (0 = load in the main process; the data is in memory).
-        val_fraction: fraction of the training samples held out (the last ones) for validation.
-        seed: seed of data generation and of the training order.
-        normalize: normalise inputs with the training split's per-channel mean and std.
+        data_dir: folder of the generated-data cache (files named by resolution, sample count, seed and a digest
+            of the solver settings).
+        batch_size: training batch size (per device).
+        test_batch_size: batch size of validation, test and predict; default ``batch_size``.
+        num_workers: DataLoader worker processes; 0 loads in the main process, which suits data held in memory.
+        val_fraction: fraction of the training samples (the last ones) held out for validation; model selection
+            (best checkpoint) uses it, never a test set.
+        seed: seed of the generated data (train and test from independent streams) and of the training order.
+        normalize: normalise inputs with the training split's per-channel mean/std and offer the outputs'
+            statistics to the model; False uses mean 0 and std 1 for both.
+        train_file: training data in the dataset's public file format; null (with ``test_files`` null)
+            generates the data with the dataset's solver (in ``prepare_data``, cached under ``data_dir``).
+        test_files: test data files, one test dataloader each (e.g. several resolutions); give them together
+            with ``train_file``.
+        n_train: training samples (validation included): the first ``n_train`` of ``train_file``, or how many
+            to generate.
+        n_test: samples per test set: the first ``n_test`` of each test file, or how many to generate.
+        resolution: grid points per spatial axis of the generated training set.
+        test_resolutions: grids of the generated test sets, the same samples at each (zero-shot
+            super-resolution). Default: ``[resolution]``.
     """
 
-    #: spatial dimensions of the fields; subclasses set it (or compute it in ``__init__``)
+    # What the data is. Subclasses override these class attributes (or set them in ``__init__`` when they
+    # depend on arguments); they are known before any data is read, so the CLI can link them into the model.
+    name: ClassVar[str] = "pde"
     n_dims: int = 2
+    in_channels: int = 1
+    out_channels: int = 1
+    complex_data: bool = False
+    #: samples per ``generate`` call (one progress-bar step per chunk)
+    generate_chunk: ClassVar[int] = 8
 
     def __init__(
         self,
@@ -131,15 +200,50 @@ class PDEDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         normalize: bool = True,
+        train_file: str | None = None,
+        test_files: list[str] | None = None,
+        n_train: int = 1000,
+        n_test: int = 100,
+        resolution: int = 64,
+        test_resolutions: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "batch_size" else 0):
-                raise ValueError(f"{name}={value!r} is invalid; use an int >= {1 if name == 'batch_size' else 0}")
-        if test_batch_size is not None and test_batch_size < 1:
-            raise ValueError(f"test_batch_size={test_batch_size!r} is invalid; use an int >= 1 or leave it unset")
+        for arg, value, minimum in (
+            ("n_train", n_train, 2),
+            ("n_test", n_test, 1),
+            ("resolution", resolution, 2),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+        ):
+            _positive_int(arg, value, minimum)
+        if test_batch_size is not None:
+            _positive_int("test_batch_size", test_batch_size)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction!r} is invalid; use a fraction in (0, 1), e.g. 0.1")
+        if (train_file is None) != (test_files is None):
+            given, missing = ("train_file", "test_files") if test_files is None else ("test_files", "train_file")
+            raise ValueError(
+                f"{given} is set but {missing} is not; give both (the test sets must come from the distribution of "
+                f"the training data), or neither to generate both with the solver"
+            )
+        if test_files is not None and (isinstance(test_files, str) or len(test_files) == 0):
+            raise ValueError(
+                f"test_files={test_files!r} is invalid; give a list of files, e.g. [test.pt], or null to generate "
+                f"the test sets"
+            )
+        test_resolutions = [resolution] if test_resolutions is None else list(test_resolutions)
+        if not test_resolutions:
+            raise ValueError("test_resolutions=[] is invalid; give at least one resolution, or null for [resolution]")
+        for s in test_resolutions:
+            _positive_int("test_resolutions entry", s, 2)
+        if len(set(test_resolutions)) != len(test_resolutions):
+            raise ValueError(f"test_resolutions={test_resolutions} repeats a resolution; list each once")
+        self.train_file = train_file
+        self.test_files = None if test_files is None else [str(f) for f in test_files]
+        self.n_train, self.n_test = n_train, n_test
+        self.resolution = resolution
+        self.test_resolutions = test_resolutions
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size or batch_size
@@ -147,161 +251,314 @@ class PDEDataModule(LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.normalize = normalize
+        # filled by setup (statistics also by load_state_dict)
         self.x_mean: Tensor | None = None
         self.x_std: Tensor | None = None
         self.y_mean: Tensor | None = None
         self.y_std: Tensor | None = None
         self.test_names: list[str] = []
         self.resolutions: list[tuple[int, ...]] = []
-        self._train: FieldDataset | None = None
-        self._val: FieldDataset | None = None
-        self._tests: list[FieldDataset] = []
+        self._splits: dict[str, Fields] = {}
+        self._tests: list[TestSet] = []
+        self._restored_stats = False
 
-    # ------------------------------------------------------------------ what subclasses provide
-    @property
-    def in_channels(self) -> int:
-        return 1
+    # ================================================================== what a dataset provides
+    def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
+        """Read one data file of the dataset's public format as ``(x, y)``, each ``(N, C, *spatial)``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read data files")
 
-    @property
-    def out_channels(self) -> int:
-        return 1
+    def generate(self, rngs: Sequence[np.random.Generator], resolutions: Sequence[int]) -> Generated:
+        """One sample per generator, at every resolution: ``{s: (x, y)}`` with ``x``, ``y`` ``(len(rngs), C, ...)``.
 
-    @property
-    def complex_data(self) -> bool:
-        return False
+        Sample ``i`` must draw its randomness from ``rngs[i]`` only. A batched torch solver can draw each sample's
+        noise on the CPU from ``torch.Generator().manual_seed(int(rng.integers(2**63)))``, stack, and solve the
+        batch on any device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot generate data; give train_file and test_files")
 
-    def load_train(self) -> tuple[Tensor, Tensor, str]:
-        """Training fields ``(x, y, source)``, each ``(N, C, *spatial)``; ``source`` names them in errors."""
-        raise NotImplementedError
+    def generator_settings(self) -> dict[str, int | float | str | bool]:
+        """Every setting, other than resolution, sample count and seed, that changes the generated data."""
+        return {}
 
-    def load_tests(self) -> list[tuple[str, Tensor, Tensor, str]]:
-        """Test sets ``(name, x, y, source)``, one per test dataloader."""
-        raise NotImplementedError
+    # ================================================================== generation and its cache
+    def _generated_splits(self) -> list[tuple[str, int, list[int]]]:
+        """``(split, n, resolutions)`` of the data to generate: none when files are given (for both splits)."""
+        if self.train_file is not None:
+            return []
+        return [("train", self.n_train, [self.resolution]), ("test", self.n_test, self.test_resolutions)]
 
-    # ------------------------------------------------------------------ checks
-    def check_fields(self, x: Tensor, y: Tensor, source: str) -> tuple[Tensor, Tensor]:
-        """Validate a pair of field tensors and return them as float32 (complex64 for complex data)."""
-        for name, t, channels in (("x", x, self.in_channels), ("y", y, self.out_channels)):
-            if not isinstance(t, Tensor):
-                raise ValueError(f"{source}: '{name}' is a {type(t).__name__}, expected a tensor")
-            if t.ndim != self.n_dims + 2:
-                raise ValueError(
-                    f"{source}: '{name}' has shape {tuple(t.shape)}; expected (N, {channels}, "
-                    f"{', '.join(['s'] * self.n_dims)}) for {self.n_dims}-D {type(self).__name__} data"
-                )
-            if t.shape[1] != channels:
-                raise ValueError(f"{source}: '{name}' has {t.shape[1]} channels, expected {channels}")
-            if not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-                raise ValueError(f"{source}: '{name}' has dtype {t.dtype}; expected a float, complex or bool tensor")
-            if t.is_complex() and not self.complex_data:
-                raise ValueError(f"{source}: '{name}' is complex but {type(self).__name__} expects real fields")
+    def generated_resolutions(self) -> list[int]:
+        """Every resolution that will be generated (empty when files are given); subclasses check them."""
+        return sorted({s for _, _, resolutions in self._generated_splits() for s in resolutions})
+
+    def _cache_digest(self) -> str:
+        key = {"version": CACHE_VERSION, "dataset": self.name, **self.generator_settings()}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+    def _cache_dir(self) -> Path:
+        return self.data_dir / self.name
+
+    def cache_path(self, split: str, resolution: int, n: int) -> Path:
+        """Where the generated ``split`` set of ``n`` samples at ``resolution`` is cached."""
+        return self._cache_dir() / f"{split}_res{resolution}_n{n}_seed{self.seed}_{self._cache_digest()}.pt"
+
+    def _find_cache(self, split: str, resolution: int, n: int) -> Path | None:
+        """The cache file holding these samples: exactly ``n``, else the smallest larger one with the same key."""
+        exact = self.cache_path(split, resolution, n)
+        if exact.is_file():
+            return exact
+        pattern = re.compile(rf"{split}_res{resolution}_n(\d+)_seed{self.seed}_{self._cache_digest()}\.pt")
+        larger = []
+        for p in self._cache_dir().glob(f"{split}_res{resolution}_n*.pt"):
+            m = pattern.fullmatch(p.name)
+            if m and int(m.group(1)) >= n:
+                larger.append((int(m.group(1)), p))
+        return min(larger)[1] if larger else None
+
+    def _meta(self, split: str, resolution: int, n: int) -> dict[str, Any]:
+        return {
+            "version": CACHE_VERSION,
+            "dataset": self.name,
+            "split": split,
+            "resolution": resolution,
+            "n": n,
+            "seed": self.seed,
+            "settings": self.generator_settings(),
+        }
+
+    def prepare_data(self) -> None:
+        """Generate what is neither given as files nor cached yet (Lightning calls it once per node, before setup)."""
+        for split, n, resolutions in self._generated_splits():
+            missing = [s for s in resolutions if self._find_cache(split, s, n) is None]
+            if missing:
+                self._generate_split(split, n, missing)
+
+    def _generate_split(self, split: str, n: int, resolutions: list[int]) -> None:
+        log.info(
+            "generating %d %s %s samples at resolution(s) %s into %s",
+            n, self.name, split, resolutions, self._cache_dir(),
+        )
+        parts: dict[int, list[tuple[Tensor, Tensor]]] = {s: [] for s in resolutions}
+        start_time = time.perf_counter()
+        with tqdm(total=n, desc=f"{self.name} {split} data", unit="sample") as bar:
+            for start in range(0, n, self.generate_chunk):
+                stop = min(n, start + self.generate_chunk)
+                rngs = [np.random.default_rng([self.seed, _STREAMS[split], i]) for i in range(start, stop)]
+                out = self.generate(rngs, resolutions)
+                if sorted(out) != sorted(resolutions):
+                    raise RuntimeError(
+                        f"{type(self).__name__}.generate returned resolutions {sorted(out)}, asked for {resolutions}"
+                    )
+                for s in resolutions:
+                    parts[s].append(out[s])
+                bar.update(stop - start)
+        seconds = time.perf_counter() - start_time
+        for s in resolutions:
+            x = torch.cat([p[0] for p in parts[s]])
+            y = torch.cat([p[1] for p in parts[s]])
+            save_pt_atomic({"x": x, "y": y, "meta": self._meta(split, s, n)}, self.cache_path(split, s, n))
+        log.info("generated %d %s %s samples in %.1f s (%.1f samples/s)", n, self.name, split, seconds, n / seconds)
+
+    def _cached_fields(self, split: str, resolution: int, n: int) -> Fields:
+        path = self._find_cache(split, resolution, n)
+        if path is None:
+            raise FileNotFoundError(
+                f"the generated {self.name} {split} set ({n} samples at resolution {resolution}) is not in "
+                f"{self._cache_dir()}; call prepare_data() first (the Trainer does), or check data_dir"
+            )
+        source = f"generated {self.name} data {path}"
+        d = load_pt(path, f"generated {self.name} data")
+        check_keys(d, ["x", "y", "meta"], source)
+        expected = self._meta(split, resolution, d["meta"].get("n", -1) if isinstance(d["meta"], dict) else -1)
+        if d["meta"] != expected:
+            raise ValueError(
+                f"{source} was written with other settings ({d['meta']}, expected {expected}); delete it to "
+                f"regenerate"
+            )
+        return Fields(d["x"][:n], d["y"][:n], source)
+
+    # ================================================================== files
+    def _file_fields(self, file: str, n: int, arg: str) -> Fields:
+        source = f"{self.name} data file {file}"
+        x, y = self.read_file(Path(file))
         if len(x) != len(y):
             raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}; they must be paired one to one")
+        if n > len(x):
+            raise ValueError(
+                f"{source} has {len(x)} samples but {arg}={n} asks for more; set {arg} to at most {len(x)}"
+            )
+        return Fields(x[:n], y[:n], source)
+
+    # ================================================================== checks
+    def check_fields(self, fields: Fields) -> Fields:
+        """Validate a set of samples; return it as float32 (complex64 for complex data)."""
+        x, y, src = fields
+        for key, t, channels in (("x", x, self.in_channels), ("y", y, self.out_channels)):
+            expected = f"(N, {channels}, {', '.join(['s'] * self.n_dims)})"
+            if not isinstance(t, Tensor):
+                raise ValueError(f"{src}: '{key}' is a {type(t).__name__}; expected a tensor shaped {expected}")
+            if t.ndim != self.n_dims + 2 or t.shape[1] != channels:
+                raise ValueError(
+                    f"{src}: '{key}' has shape {tuple(t.shape)}; expected {expected} for {self.n_dims}-D "
+                    f"{type(self).__name__} data with {channels} channel(s)"
+                )
+            if t.is_complex() and not self.complex_data:
+                raise ValueError(f"{src}: '{key}' is complex ({t.dtype}) but {type(self).__name__} takes real data")
+            if not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+                raise ValueError(
+                    f"{src}: '{key}' has dtype {t.dtype}; expected a float{', complex' * self.complex_data} or bool "
+                    f"tensor (convert it with .float())"
+                )
+        if len(x) != len(y):
+            raise ValueError(f"{src}: x has {len(x)} samples but y has {len(y)}; they must be paired one to one")
         if len(x) == 0:
-            raise ValueError(f"{source}: no samples")
+            raise ValueError(f"{src}: the data holds no samples")
         if x.shape[2:] != y.shape[2:]:
-            raise ValueError(f"{source}: x grid {tuple(x.shape[2:])} differs from y grid {tuple(y.shape[2:])}")
+            raise ValueError(
+                f"{src}: 'x' is on a {tuple(x.shape[2:])} grid but 'y' on {tuple(y.shape[2:])}; input and output "
+                f"must share the grid"
+            )
         dtype = torch.complex64 if self.complex_data else torch.float32
         x, y = x.to(dtype), y.to(dtype)
-        for name, t in (("x", x), ("y", y)):
+        for key, t in (("x", x), ("y", y)):
             bad = ~torch.isfinite(t)
             if bool(bad.any()):
                 first = int(bad.flatten(1).any(1).nonzero()[0])
                 raise ValueError(
-                    f"{source}: '{name}' contains {int(bad.sum())} NaN/Inf values (first in sample {first}); "
-                    f"clean or regenerate the data"
+                    f"{src}: '{key}' contains {int(bad.sum())} NaN/Inf values (first in sample {first}); clean the "
+                    f"file or regenerate the data"
                 )
-        return x, y
+        return Fields(x, y, src)
 
-    # ------------------------------------------------------------------ Lightning hooks
-    def setup(self, stage: str | None = None) -> None:
-        x, y, source = self.load_train()
-        x, y = self.check_fields(x, y, source)
-        n_val = max(1, round(self.val_fraction * len(x)))
-        if len(x) - n_val < 1:
-            raise ValueError(f"{source}: {len(x)} samples leave none for training after holding out {n_val}")
-        x_tr, y_tr, x_val, y_val = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
-        if self.batch_size > len(x_tr):
-            raise ValueError(
-                f"batch_size={self.batch_size} is larger than the {len(x_tr)} training samples of {source} "
-                f"(after holding out {n_val} for validation); use a batch_size <= {len(x_tr)} or more data"
-            )
-        if self.normalize:
-            self.x_mean, self.x_std = channel_stats(x_tr)
+    # ================================================================== setup
+    def load_train(self) -> Fields:
+        """The training samples (validation included): the first ``n_train`` of the file, or the generated ones.
+
+        Override (with ``load_tests`` and ``prepare_data``) only for data that ``read_file``/``generate`` cannot
+        describe.
+        """
+        if self.train_file is not None:
+            return self._file_fields(self.train_file, self.n_train, "n_train")
+        return self._cached_fields("train", self.resolution, self.n_train)
+
+    def load_tests(self) -> list[TestSet]:
+        """The test sets, one per file or per generated resolution, named by their grid (``res<s>``)."""
+        if self.test_files is not None:
+            sets = [self._file_fields(f, self.n_test, "n_test") for f in self.test_files]
         else:
-            self.x_mean = torch.zeros(self.in_channels, dtype=x.dtype)
-            self.x_std = torch.ones(self.in_channels)
-        self.y_mean, self.y_std = channel_stats(y_tr)
-        self._train = FieldDataset(self.encode_x(x_tr), y_tr)
-        self._val = FieldDataset(self.encode_x(x_val), y_val)
-        self.resolutions = [tuple(x.shape[2:])]
-        self._tests, self.test_names = [], []
-        for name, xt, yt, src in self.load_tests():
-            xt, yt = self.check_fields(xt, yt, src)
-            self._tests.append(FieldDataset(self.encode_x(xt), yt))
-            self.test_names.append(name)
-            self.resolutions.append(tuple(xt.shape[2:]))
+            sets = [self._cached_fields("test", s, self.n_test) for s in self.test_resolutions]
+        named: list[TestSet] = []
+        for x, y, source in sets:
+            named.append(TestSet(grid_name(tuple(x.shape[2:]), [t.name for t in named]), x, y, source))
+        return named
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check every split, hold out validation, fit the statistics (every stage: all are cheap)."""
+        train = self.check_fields(Fields(*self.load_train()))
+        n = len(train.x)
+        n_val = max(1, round(self.val_fraction * n))
+        if n - n_val < 1:
+            raise ValueError(f"{train.source}: {n} samples leave none for training after holding out {n_val}")
+        fit = Fields(train.x[: n - n_val], train.y[: n - n_val], train.source)
+        if self.batch_size > len(fit.x):
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the {len(fit.x)} training samples ({n} in "
+                f"{train.source} minus {n_val} held out for validation); set batch_size to at most {len(fit.x)} "
+                f"or raise n_train"
+            )
+        self._set_stats(fit)
+        self._splits = {"train": fit, "val": Fields(train.x[n - n_val :], train.y[n - n_val :], train.source)}
+        self._tests = [TestSet(name, *self.check_fields(Fields(x, y, src))) for name, x, y, src in self.load_tests()]
+        self.test_names = [t.name for t in self._tests]
+        self.resolutions = [tuple(fit.x.shape[2:])] + [tuple(t.x.shape[2:]) for t in self._tests]
         log.info(
-            "%s: %d train / %d val samples at %s; test sets %s",
-            type(self).__name__, len(x_tr), n_val, tuple(x.shape[2:]), dict(zip(self.test_names, map(len, self._tests),
-                                                                              strict=True)),
+            "%s: %d train / %d validation samples on %s; test sets %s",
+            type(self).__name__, len(fit.x), n_val, self.resolutions[0],
+            ", ".join(f"{name} ({len(t.x)})" for name, t in zip(self.test_names, self._tests, strict=True)),
         )
 
+    def _set_stats(self, fit: Fields) -> None:
+        if self.normalize:
+            (x_mean, x_std), (y_mean, y_std) = channel_stats(fit.x), channel_stats(fit.y)
+        else:
+            x_mean, y_mean = fit.x.new_zeros(self.in_channels), fit.y.new_zeros(self.out_channels)
+            x_std, y_std = torch.ones(self.in_channels), torch.ones(self.out_channels)
+        fitted = {"x_mean": x_mean, "x_std": x_std, "y_mean": y_mean, "y_std": y_std}
+        if not self._restored_stats:
+            for k, v in fitted.items():
+                setattr(self, k, v)
+            return
+        differ = [k for k, v in fitted.items() if not torch.allclose(getattr(self, k).to(v.dtype), v, rtol=1e-4)]
+        if differ:
+            log.warning(
+                "the normalisation statistics %s restored from the checkpoint differ from this training data's; "
+                "using the checkpoint's (the model was trained with them)", differ,
+            )
+
+    # ================================================================== normalisation
+    def _view(self, stat: Tensor, like: Tensor) -> Tensor:
+        return stat.to(like.device).view(1, -1, *[1] * (like.ndim - 2))
+
     def encode_x(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return (x - self.x_mean.view(shape)) / self.x_std.view(shape)
+        """Physical inputs ``(N, C, ...)`` -> normalised."""
+        return (x - self._view(self.x_mean, x)) / self._view(self.x_std, x)
 
     def decode_x(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        return x * self.x_std.view(shape).to(x.device) + self.x_mean.view(shape).to(x.device)
+        """Normalised inputs ``(N, C, ...)`` -> physical units (e.g. to plot them)."""
+        return x * self._view(self.x_std, x) + self._view(self.x_mean, x)
 
-    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    # ================================================================== dataloaders
+    def _dataset(self, fields: Fields) -> FieldDataset:
+        # encoded when the loader is built, so statistics restored from a checkpoint after setup apply
+        return FieldDataset(self.encode_x(fields.x), fields.y)
+
+    def _require(self, stage: str) -> None:
+        if not self._splits:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not run; call setup({stage!r}) first")
+
+    def _loader(self, fields: Fields, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
-            ds,
+            self._dataset(fields),
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(ds), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def _require(self, what: Any, stage: str) -> Any:
-        if what is None or what == []:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not run; call setup('{stage}') first")
-        return what
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self._train, "fit"), self.batch_size, shuffle=True)
+        self._require("fit")
+        train = self._splits["train"]
+        return self._loader(train, self.batch_size, EpochShuffleSampler(len(train.x), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self._val, "fit"), self.test_batch_size)
+        self._require("fit")
+        return self._loader(self._splits["val"], self.test_batch_size)
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(ds, self.test_batch_size) for ds in self._require(self._tests, "test")]
+        """One loader per test set, in the order of ``test_names`` (a single loader when there is one)."""
+        self._require("test")
+        loaders = [self._loader(t, self.test_batch_size) for t in self._tests]
         return loaders[0] if len(loaders) == 1 else loaders
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._require(self._tests, "predict")[0], self.test_batch_size)
+        """The first test set."""
+        self._require("predict")
+        return self._loader(self._tests[0], self.test_batch_size)
 
-    # ------------------------------------------------------------------ checkpointed statistics
+    # ================================================================== checkpointed statistics
     def state_dict(self) -> dict[str, Tensor]:
-        return {
-            k: getattr(self, k).clone()
-            for k in ("x_mean", "x_std", "y_mean", "y_std")
-            if getattr(self, k) is not None
-        }
+        """The normalisation statistics, plain tensors (Lightning stores them in every checkpoint)."""
+        return {k: getattr(self, k).clone() for k in _STATS if getattr(self, k) is not None}
 
     def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        for k, v in state_dict.items():
-            if k in ("x_mean", "x_std", "y_mean", "y_std"):
-                setattr(self, k, v)
-
-
-def as_fields(t: Tensor, n_dims: int) -> Tensor:
-    """Add the channel axis to single-channel data stored as ``(N, *spatial)``."""
-    return t.unsqueeze(1) if t.ndim == n_dims + 1 else t
-
-
-def check_keys(obj: dict, keys: Sequence[str], source: str) -> None:
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise ValueError(f"{source} has no key(s) {missing}; found {sorted(obj)}; expected a dict with {list(keys)}")
+        check_keys(state_dict, _STATS, f"{type(self).__name__} state in the checkpoint")
+        for k in _STATS:
+            channels = self.in_channels if k.startswith("x") else self.out_channels
+            value = torch.as_tensor(state_dict[k])
+            if value.shape != (channels,):
+                raise ValueError(
+                    f"checkpoint {k} has shape {tuple(value.shape)} but {type(self).__name__} has {channels} "
+                    f"channel(s); the checkpoint was trained on other data"
+                )
+            setattr(self, k, value.clone())
+        self._restored_stats = True
