@@ -2,5 +2,6 @@
 
 from datamodules.base import PDEDataModule
 from datamodules.darcy import DarcyDataModule
+from datamodules.em_wave import EMWaveDataModule
 
-__all__ = ["PDEDataModule", "DarcyDataModule"]
+__all__ = ["PDEDataModule", "DarcyDataModule", "EMWaveDataModule"]
