@@ -13,6 +13,7 @@ test: bootstrap
 
 bench: bootstrap
 	.venv/bin/python -m bench.optim_bench
+	.venv/bin/python -m bench.memory_bench
 
 lint: bootstrap
 	.venv/bin/ruff check app datamodules callbacks bench tests
