@@ -54,6 +54,36 @@ def resolve_last_checkpoint(save_dir: str, name: str | None) -> Path:
     return max(candidates, key=lambda c: c.stat().st_mtime)
 
 
+_RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
+
+
+def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
+    """Fail clearly, before anything is built, on a ``--ckpt_path`` that is missing, empty, truncated, corrupt or
+    not a Lightning checkpoint (one that ``fit`` can resume from, for ``fit``). Memory-maps the file: cheap."""
+    import torch
+
+    path = Path(path)
+    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path) if path.parent.is_dir() else []
+    hint = f"; other checkpoints in {path.parent}: {others}" if others else ""
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file{hint}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"--ckpt_path {path} is empty (0 bytes), not a checkpoint{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for truncated, corrupt or foreign files
+        raise ValueError(
+            f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}): "
+            f"it is truncated, corrupt or not a torch checkpoint{hint}"
+        ) from None
+    needed = _RESUME_KEYS if subcommand == "fit" else ("state_dict",)
+    missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        what = "a training checkpoint that fit can resume from" if subcommand == "fit" else "a Lightning checkpoint"
+        raise ValueError(f"--ckpt_path {path} is not {what}: it has no {missing} (found {found}){hint}")
+
+
 class TGaloreCLI(LightningCLI):
     """LightningCLI with tgalore's links and conveniences (resume of the same run dir, test after fit)."""
 
@@ -68,6 +98,18 @@ class TGaloreCLI(LightningCLI):
         for key in ("in_channels", "out_channels", "complex_data"):
             parser.link_arguments(f"data.{key}", f"model.model.init_args.{key}", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Check a given ``--ckpt_path`` file first. ``fit`` resumes the run this configuration describes: the
+        checkpoint must hold that model (``OperatorModule.on_load_checkpoint`` says how it differs); Lightning's
+        default would silently replace the configured model by the checkpoint's. Other subcommands keep that
+        default, so ``tgalore test --ckpt_path x.ckpt`` evaluates the checkpoint's model without its config."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub in SUBCOMMANDS else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_checkpoint_file(ckpt_path, sub)
+        if sub != "fit":
+            super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         if sub not in SUBCOMMANDS:
@@ -81,6 +123,7 @@ class TGaloreCLI(LightningCLI):
             if tb is None:
                 return  # let Lightning resolve it from ModelCheckpoint's dirpath
             ckpt = resolve_last_checkpoint(tb.save_dir, tb.get("name"))
+            check_checkpoint_file(ckpt, sub)
             cfg.ckpt_path = str(ckpt)
             log.info("resuming from %s", ckpt)
         elif ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
@@ -188,10 +231,16 @@ def main() -> None:
     """Console-script entry point (``tgalore``): returns nothing, so the exit status is 0 on success."""
     import sys
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     if len(sys.argv) > 1 and sys.argv[1] == "memory":
         memory_main(sys.argv[2:])
         return
-    cli_main()
+    try:
+        cli_main()
+    except SIGTERMException:  # Lightning saved a checkpoint (save_on_exception); exit as a terminated process
+        log.warning("stopped by SIGTERM; resume with `--ckpt_path last`")
+        raise SystemExit(143) from None  # 128 + SIGTERM: a scheduler must not read this as a finished job
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from app.memory import tensor_bytes
-from app.optim import TensorGaLoreAdamW, projection_layout
+from app.optim import TensorGaLoreAdamW, moment_itemsizes, projection_layout, sparse_state_bytes
 
 __all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
 
@@ -36,9 +36,10 @@ def _real_itemsize(dtype: torch.dtype) -> int:
 
 def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
     layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
-    itemsize, real = p.element_size(), _real_itemsize(p.dtype)
+    itemsize = p.element_size()
+    first, second = moment_itemsizes(p.dtype, group)  # TensorGRaDAdamW may keep moments in bfloat16
     if layout is None:
-        return 4 + p.numel() * (itemsize + real)  # step + exp_avg + real exp_avg_sq
+        return 4 + p.numel() * (first + second)  # step + exp_avg + real exp_avg_sq
     view, ranks = layout
     core = 1
     for n, r in zip(view, ranks, strict=True):
@@ -46,7 +47,8 @@ def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
     factors = sum(n * r * itemsize for n, r in zip(view, ranks, strict=True) if r is not None)
     spectra = sum(4 * n for r, n in zip(ranks, view, strict=True) if r is not None)
     counters = 4 + 4 + 8 + 8  # step (float32), energy (float32), last_refresh and refreshes (int64)
-    return core * (itemsize + real) + factors + spectra + counters
+    sparse = sparse_state_bytes(p.numel(), p.dtype, group)  # TensorGRaDAdamW: indices + sparse moments
+    return core * (first + second) + factors + spectra + counters + sparse
 
 
 def predict_state_bytes(optimizer: torch.optim.Optimizer) -> int:

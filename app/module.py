@@ -42,6 +42,39 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _model_differences(checkpoint: Mapping, hparams: Mapping, own: Mapping[str, Tensor], limit: int = 8) -> list[str]:
+    """How a checkpoint's network differs from this one: its configuration (when both carry the CLI's ``model``
+    hyperparameters) and its parameter names and shapes."""
+    out = []
+    saved_cfg, cfg = (checkpoint.get("hyper_parameters") or {}).get("model"), hparams.get("model")
+    if isinstance(saved_cfg, Mapping) and isinstance(cfg, Mapping):
+        a, b = _flat(saved_cfg), _flat(cfg)
+        for key in sorted(a.keys() & b.keys()):  # a setting added to the code since keeps old checkpoints loadable
+            if a[key] != b[key]:
+                out.append(f"model.{key}: {a[key]!r} in the checkpoint, {b[key]!r} here")
+    saved = checkpoint.get("state_dict")
+    if not isinstance(saved, Mapping):
+        return out + ["the checkpoint has no 'state_dict' (it is not a Lightning checkpoint of this module)"]
+    missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+    shapes = [
+        f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k in sorted(own.keys() & saved.keys())
+        if isinstance(saved[k], Tensor) and saved[k].shape != own[k].shape
+    ]
+    if missing:
+        out.append(f"{len(missing)} parameter(s) missing from the checkpoint, e.g. {missing[:3]}")
+    if unexpected:
+        out.append(f"{len(unexpected)} parameter(s) this model does not have, e.g. {unexpected[:3]}")
+    out += [f"shape of {s}" for s in shapes[:limit]]
+    return out[: limit + 2]
+
+
 class OperatorModule(LightningModule):
     """Train a neural operator on PDE data.
 
@@ -188,7 +221,8 @@ class OperatorModule(LightningModule):
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         pred, y = self._step(batch)
         loss = self.loss_fn(pred, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0])
+        # sync_dist: the logged value is the mean over DDP ranks (one scalar all-reduce; a no-op on one device)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.shape[0], sync_dist=True)
         if self.fused_update:
             self._fused_training_step(loss)
         return loss
@@ -203,6 +237,12 @@ class OperatorModule(LightningModule):
                 f"fused_update=True updates each parameter during backward, so it cannot accumulate gradients "
                 f"(accumulate_grad_batches={trainer.accumulate_grad_batches}); set accumulate_grad_batches=1 or "
                 f"fused_update=False"
+            )
+        if trainer.world_size > 1:
+            raise ValueError(
+                f"fused_update=True updates each parameter as soon as its local gradient is ready, before DDP has "
+                f"averaged it over the {trainer.world_size} processes, so the processes would drift apart; set "
+                f"model.fused_update=false for multi-device training"
             )
         if trainer.gradient_clip_val:
             raise ValueError(
@@ -249,7 +289,7 @@ class OperatorModule(LightningModule):
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         pred, y = self._step(batch)
-        self.log("val/loss", self.loss_fn(pred, y), prog_bar=False, batch_size=y.shape[0])
+        self.log("val/loss", self.loss_fn(pred, y), prog_bar=False, batch_size=y.shape[0], sync_dist=True)
         self.val_metrics.update(pred, y)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=y.shape[0])
 
@@ -267,8 +307,11 @@ class OperatorModule(LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
         groups = split_param_groups(self.model)
+        names = {id(p): n for n, p in self.model.named_parameters()}
         for group in groups:
             group["galore"] = group["galore"] and self.spectral_galore
+            # torch's per-group parameter names: optimizers' messages (e.g. a non-finite gradient) name the parameter
+            group.setdefault("param_names", [names[id(p)] for p in group["params"]])
         if self.optimizer_factory is None:
             optimizer = torch.optim.AdamW(groups)
         else:
@@ -282,6 +325,18 @@ class OperatorModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, with the differences, a checkpoint of another network (before Lightning loads its weights)."""
+        problems = _model_differences(checkpoint, self.hparams, self.state_dict())
+        if problems:
+            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"the checkpoint {source or ''} was saved from a different model than this configuration describes:"
+                f"\n  " + "\n  ".join(problems) + "\nUse the configuration it was trained with (the config.yaml in "
+                "its run directory: `tgalore fit -c <run dir>/config.yaml --ckpt_path <checkpoint>`), or start a new "
+                "run without --ckpt_path"
+            )
+
     def state_dict(self, *args, **kwargs):
         """The state dict without non-tensor entries.
 

@@ -40,6 +40,7 @@ log = logging.getLogger("bench.optim_bench")
 START, END = "<!-- optim-bench:start -->", "<!-- optim-bench:end -->"
 SHAPES = [(64, 64, 32, 17), (128, 128, 32, 17)]
 RANK = 0.25
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -229,8 +230,8 @@ def hardware_line(device: torch.device) -> str:
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"tensorly {tensorly.__version__}, Python {platform.python_version()}"
     )
-    if hasattr(os, "getloadavg"):
-        line += f"; load average {os.getloadavg()[0]:.1f} at the end"
+    if LOAD_AT_START is not None:
+        line += f"; 1-min load average {LOAD_AT_START:.1f} before the run (other processes)"
     if device.type == "cuda":
         line = f"{torch.cuda.get_device_name(device)} (host: {line})"
     return line

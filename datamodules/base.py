@@ -41,7 +41,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -63,6 +64,7 @@ __all__ = [
     "Generated",
     "FieldDataset",
     "EpochShuffleSampler",
+    "ResumableDataLoader",
     "channel_stats",
     "as_fields",
     "grid_name",
@@ -121,6 +123,88 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that saves its position in the epoch, so a run resumed mid-epoch sees exactly the batches an
+    uninterrupted run would have seen next.
+
+    Lightning (2.x) keeps a training loader's position only if the *loader* is stateful: ``FitLoop`` stores
+    ``state_dict()`` of each train loader that has ``state_dict``/``load_state_dict`` in every checkpoint
+    (``loops/fit_loop/state_dict/combined_loader``) and hands it back to ``load_state_dict`` before it creates the
+    iterator (a stateful sampler alone is ignored). Without it a mid-epoch resume restarts the epoch's order from
+    its first batch (with a ``PossibleUserWarning``). The state is ``{"epoch", "batches"}``: the sampler's epoch and the
+    batches handed out in it; on resume the index sampler skips those batches without loading them. The position
+    is counted where batches leave the loader (worker prefetching does not count), and it is kept per process, so
+    it also holds under DDP (where Lightning re-creates the loader around a distributed sampler).
+    """
+
+    _position: list | None = None  # [sampler epoch, batches handed out in it] (class defaults: Lightning re-creates
+    _resume: tuple | None = None  # the loader under DDP from its init arguments, so no __init__ override)
+
+    def state_dict(self) -> dict[str, int | None]:
+        epoch, batches = self._position or (_sampler_epoch(self), 0)
+        return {"epoch": epoch, "batches": int(batches)}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        epoch, batches = state_dict.get("epoch"), int(state_dict.get("batches", 0))
+        self._resume = (epoch, batches)
+        if epoch is not None and batches >= len(self):  # saved at the end of an epoch: the next one starts afresh
+            epoch, self._resume = epoch + 1, None
+        # Workers prefetch indices when the iterator is created, which Lightning does before it calls set_epoch.
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if epoch is not None and callable(set_epoch):
+            set_epoch(epoch)
+
+    @property
+    def _index_sampler(self) -> Iterable:
+        return _SkippingIndexSampler(self, super()._index_sampler)
+
+    def __iter__(self) -> Iterator:
+        return _CountingIterator(super().__iter__(), self)
+
+
+def _sampler_epoch(loader: DataLoader) -> int | None:
+    return getattr(loader.sampler, "epoch", None)
+
+
+class _SkippingIndexSampler:
+    """The loader's index sampler, minus the batches a restored position says were already seen (decided at the
+    first index, i.e. after Lightning's ``set_epoch``)."""
+
+    def __init__(self, loader: ResumableDataLoader, base: Iterable) -> None:
+        self.loader, self.base = loader, base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __iter__(self) -> Iterator:
+        loader, epoch, skip = self.loader, _sampler_epoch(self.loader), 0
+        if loader._resume is not None:
+            saved_epoch, batches = loader._resume
+            loader._resume = None
+            skip = batches if saved_epoch == epoch else 0
+        loader._position = [epoch, skip]
+        yield from islice(iter(self.base), skip, None)
+
+
+class _CountingIterator:
+    """Counts the batches a loader's iterator hands out (the loader's position within the epoch)."""
+
+    def __init__(self, it: Iterator, loader: ResumableDataLoader) -> None:
+        self.it, self.loader = it, loader
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        if self.loader._position is not None:
+            self.loader._position[1] += 1
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.it)
 
 
 def channel_stats(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -516,8 +600,10 @@ class PDEDataModule(LightningDataModule):
         if not self._splits:
             raise RuntimeError(f"{type(self).__name__}.setup() has not run; call setup({stage!r}) first")
 
-    def _loader(self, fields: Fields, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, fields: Fields, batch_size: int, sampler: Sampler | None = None, loader_cls: type = DataLoader
+    ) -> DataLoader:
+        return loader_cls(
             self._dataset(fields),
             batch_size=batch_size,
             sampler=sampler,
@@ -528,7 +614,8 @@ class PDEDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require("fit")
         train = self._splits["train"]
-        return self._loader(train, self.batch_size, EpochShuffleSampler(len(train.x), self.seed))
+        sampler = EpochShuffleSampler(len(train.x), self.seed)
+        return self._loader(train, self.batch_size, sampler, loader_cls=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         self._require("fit")

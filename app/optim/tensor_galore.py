@@ -33,7 +33,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal
 
@@ -214,6 +214,7 @@ class _Work:
     refresh: bool = False
     core: Tensor | None = None
     grad_norm_sq: Tensor | None = None  # ||G||^2 at refresh steps (reused for the captured energy)
+    extra: dict[str, Any] = field(default_factory=dict)  # a subclass's per-step data (see _before_projection)
 
     def finiteness_probe(self) -> Tensor:
         """A 0-d float32 that is finite iff the gradient is: ``||core||^2`` between refreshes (inf/nan in ``G``
@@ -324,9 +325,11 @@ class TensorGaLoreAdamW(Optimizer):
             if the old ones were uncorrelated). ``"keep"``: keep the coordinates as they are (GaLore's
             behaviour); if a mode's rank changes, moments are cropped or zero-padded along it (factor columns
             are sorted by energy, so leading coordinates persist). Rank changes are handled by all three rules.
-        nonfinite: ``"error"`` raises :class:`NonFiniteGradientError` naming the parameter and step;
-            ``"skip"`` skips the whole step (no moment, factor, step-count or parameter change), warns, and
-            counts it in ``nonfinite_skips``. The check costs one device-to-host read per step.
+        nonfinite: what a gradient with inf/nan does. ``"error"`` raises :class:`NonFiniteGradientError`
+            naming the parameter and step; ``"skip"`` skips the whole optimizer step, all groups (like AMP's
+            GradScaler: no moment, factor, step-count or parameter changes; a pending refresh waits), warns, and
+            counts it in each parameter's ``nonfinite_skips``. Nothing is modified before the check, which costs
+            one device-to-host read per step.
 
     Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
 
@@ -459,11 +462,11 @@ class TensorGaLoreAdamW(Optimizer):
             for pi, p in enumerate(group["params"]):
                 state = self.state.get(p, {})
                 keys = _factor_keys(state)
-                if not keys or "exp_avg" not in state:
+                if not keys or "exp_avg_sq" not in state:
                     continue
-                view_ndim = state["exp_avg"].ndim
+                view_ndim = state["exp_avg_sq"].ndim  # real and core-shaped in every storage format
                 ranks: list[int | None] = [None] * view_ndim
-                view = list(state["exp_avg"].shape)
+                view = list(state["exp_avg_sq"].shape)
                 for k, key in keys.items():
                     view[k], ranks[k] = (int(n) for n in state[key].shape)
                 # one device-to-host read per parameter: energy, then (kept, total) per mode with a spectrum
@@ -490,7 +493,7 @@ class TensorGaLoreAdamW(Optimizer):
                     "shape": tuple(p.shape),
                     "view_shape": tuple(view),
                     "ranks": tuple(ranks),
-                    "core_numel": int(state["exp_avg"].numel()),
+                    "core_numel": int(state["exp_avg_sq"].numel()),
                     "step": int(state["step"]),
                     "last_refresh": int(state["last_refresh"]),
                     "refreshes": int(state["refreshes"]),
@@ -532,6 +535,38 @@ class TensorGaLoreAdamW(Optimizer):
         device = energies[0].device
         values = torch.stack([e.to(device) for e in energies]).tolist()
         return [{"group": gi, "index": pi, "energy": e} for (gi, pi), e in zip(keys, values, strict=True)]
+
+    @torch.no_grad()
+    def gradient_spectra(self, group_idx: int | None = None) -> list[dict[str, Any]]:
+        """Per-mode Gram eigenvalues of each projected parameter's *current* gradient, for rank selection.
+
+        For every parameter of a ``galore`` group (one group, or all) that has a gradient and a projection
+        layout: the eigenvalues of ``G_(k) G_(k)^H`` of the full gradient ``G`` in its layout view (plain HOSVD;
+        the sum over a mode is ``||G||^2``, and ``||G||^2`` minus the eigenvalues a rank discards in each mode,
+        summed over modes, is a lower bound on the energy the Tucker core then keeps). Read-only; no host read:
+        the spectra stay on the gradient's device. Entries: ``group``, ``index``, ``view_shape``, ``ranks`` (the
+        layout's current ranks, None for unprojected modes), ``spectra`` (per mode of the view: a float32
+        ``(n_k,)`` tensor, decreasing, >= 0, or None for unprojected modes).
+        """
+        out = []
+        for gi in range(len(self.param_groups)) if group_idx is None else [group_idx]:
+            group = self._groups(gi)[0]
+            if not group["galore"]:
+                continue
+            for pi, p in enumerate(group["params"]):
+                layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"])
+                if p.grad is None or layout is None:
+                    continue
+                view, ranks = layout
+                g = p.grad.reshape(view).to(tucker.solve_dtype(p.grad.dtype))
+                spectra = [
+                    None
+                    if r is None
+                    else torch.linalg.eigvalsh(tucker.mode_gram(g, k)).flip(-1).clamp_min(0).to(torch.float32)
+                    for k, r in enumerate(ranks)
+                ]
+                out.append({"group": gi, "index": pi, "view_shape": view, "ranks": ranks, "spectra": spectra})
+        return out
 
     def state_bytes(self) -> dict[str, Any]:
         """Exact bytes of optimizer state tensors: ``{"total": int, "groups": [int per param group]}``.
@@ -580,7 +615,7 @@ class TensorGaLoreAdamW(Optimizer):
         return loss
 
     def _collect(self, group_idx: int, group: dict[str, Any]) -> list[_Work]:
-        """Find the parameters to update, decide refreshes and project gradients; changes no state."""
+        """Find the parameters to update, decide refreshes and project gradients; changes no state values."""
         _check_options(group)
         items = []
         for pi, p in enumerate(group["params"]):
@@ -596,6 +631,7 @@ class TensorGaLoreAdamW(Optimizer):
                 continue
             item = _Work(group_idx, pi, p, p.grad.reshape(layout[0]), layout)
             state = self.state[p]
+            _counters_to_host(state)
             factors = _factors_from_state(state, layout) if "step" in state else None
             gap = group["update_proj_gap"]
             item.refresh = (
@@ -603,10 +639,17 @@ class TensorGaLoreAdamW(Optimizer):
                 or group["refresh_pending"]
                 or (gap is not None and int(state["step"]) - int(state["last_refresh"]) >= gap)
             )
+            self._before_projection(item, state, group)
             if not item.refresh:
                 item.core = tucker.project(item.grad, factors)
             items.append(item)
         return items
+
+    def _before_projection(self, item: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Hook for subclasses, called in :meth:`_collect` for each projected parameter once ``item.refresh`` is
+        decided and before ``item.grad`` is projected. It may replace ``item.grad`` by a new tensor (the low-rank
+        part is then fitted to it) and keep per-step data in ``item.extra``; it must not change ``state`` or
+        ``p.grad`` (the step may still be skipped). Does nothing here."""
 
     def _finite_or_skip(self, work: list[list[_Work]]) -> bool:
         """True if every gradient is finite. Else raise (``nonfinite="error"``) or count the skip and warn."""
@@ -771,6 +814,15 @@ class TensorGaLoreAdamW(Optimizer):
         state["last_refresh"] = torch.tensor(s, dtype=torch.int64)
         state["refreshes"] = state.get("refreshes", torch.zeros((), dtype=torch.int64)) + 1
         logger.debug("refreshed %s at step %d: core %s", self._describe(it), s, tuple(core_shape))
+
+
+def _counters_to_host(state: dict[str, Any]) -> None:
+    """Bring host-side counters back to the CPU if something moved them (Lightning's ``_optimizer_to_device``
+    moves every state entry but ``step``); one copy after such a move, none otherwise."""
+    for key in _HOST_KEYS:
+        v = state.get(key)
+        if v is not None and v.device.type != "cpu":
+            state[key] = v.cpu()
 
 
 def _param_name(group: dict[str, Any], idx: int, plain: bool = False) -> str | None:

@@ -748,3 +748,22 @@ def test_captured_energy_now_uses_the_current_gradient_and_subspace():
     fs = [opt.state[p][f"factor_{k}"] for k in range(3)]
     p.grad = tucker.project_back(tucker.project(torch.randn_like(p), fs), fs)  # inside the subspace
     assert abs(opt.captured_energy_now()[0]["energy"] - 1) < 1e-5
+
+
+def test_host_counters_are_not_copied_every_step(monkeypatch):
+    """Counters live on the CPU; only after something (Lightning's ``_optimizer_to_device``) moved them to an
+    accelerator are they copied back, once (needs a GPU to exercise)."""
+    p = _param((6, 5, 4))
+    opt = TensorGaLoreAdamW([p], galore=True, update_proj_gap=2)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    moved = []
+    original = torch.Tensor.cpu
+
+    def spy(t, *args, **kwargs):
+        moved.append(t)
+        return original(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", spy)
+    opt.step()
+    assert moved == []  # nothing to move back in the normal case
