@@ -30,10 +30,6 @@ from app.optim import TensorGaLoreAdamW, moment_itemsizes, projection_layout, sp
 __all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
 
 
-def _real_itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).real.element_size()
-
-
 def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
     layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
     itemsize = p.element_size()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 from pathlib import Path
 
 import torch
@@ -21,6 +20,7 @@ from app.memory_estimate import estimate_memory
 from app.models import FNO
 from app.optim import TensorGaLoreAdamW
 from app.param_groups import split_param_groups
+from bench import markdown
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = "python -m bench.memory_bench"
@@ -67,17 +67,18 @@ def cross_check() -> list[tuple[str, int, int]]:
 def render(rows: dict[str, dict[str, int]], checks, batch: int, grid: int) -> str:
     base = rows["AdamW"]["params+grads+state"]
     lines = [
-        f"Paper Darcy model (4 layers, 64×64 modes, 128 channels; {sum(p.numel() for p in _paper_model().parameters()):,}"
-        f" parameters), batch {batch}, {grid}×{grid} grid, float32. Regenerate: `{COMMAND}`.",
+        f"Paper Darcy model (4 layers, 64×64 modes, 128 channels; "
+        f"{sum(p.numel() for p in _paper_model().parameters()):,} parameters), batch {batch}, {grid}×{grid} grid, "
+        f"float32. Regenerate: `{COMMAND}`.",
         "",
         "| optimizer | params | grads | optimizer state | params+grads+state | vs AdamW | activations (saved) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['params'] / MiB:,.0f} MiB | {r['grads'] / MiB:,.0f} MiB | {r['optimizer_state'] / MiB:,.0f} MiB"
-            f" | {r['params+grads+state'] / MiB:,.0f} MiB | {r['params+grads+state'] / base - 1:+.1%}"
-            f" | {r['activations'] / MiB:,.0f} MiB |"
+            f"| {name} | {r['params'] / MiB:,.0f} MiB | {r['grads'] / MiB:,.0f} MiB"
+            f" | {r['optimizer_state'] / MiB:,.0f} MiB | {r['params+grads+state'] / MiB:,.0f} MiB"
+            f" | {r['params+grads+state'] / base - 1:+.1%} | {r['activations'] / MiB:,.0f} MiB |"
         )
     lines += ["", "Cross-check, small FNO (16×16 modes, 32 channels) after one real step, optimizer-state bytes:", "",
               "| optimizer | predicted | measured |", "|---|---:|---:|"]
@@ -85,17 +86,6 @@ def render(rows: dict[str, dict[str, int]], checks, batch: int, grid: int) -> st
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}. Target: "
               "params+grads+state at rank 0.25 with fused updates at least 60% below AdamW."]
     return "\n".join(lines)
-
-
-def write_section(path: Path, marker: str, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    block = f"{start}\n{body}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(body)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", "memory", body)
-        write_section(REPO / "README.md", "memory-table", body.replace("## Memory: the paper's Darcy model (issue 8)\n\n", ""))
+        markdown.write_section(REPO / "BENCHMARKS.md", *markdown.markers("memory"), body)
+        table = body.replace("## Memory: the paper's Darcy model (issue 8)\n\n", "")
+        markdown.write_section(REPO / "README.md", *markdown.markers("memory-table"), table)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ import torch
 
 from app.memory import adamw_state_bytes
 from app.optim import TensorGaLoreAdamW, tucker
+from bench import markdown
 
 log = logging.getLogger("bench.optim_bench")
 
@@ -318,13 +318,7 @@ def render(rows: list[dict], study: dict | None, device: torch.device, command: 
 
 def write_section(path: Path, body: str) -> None:
     """Replace (or append) the text between this benchmark's markers; other sections are left alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{START}\n{body}{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    markdown.write_section(path, START, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ import importlib
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ import yaml
 
 from app.memory import optimizer_state_bytes
 from app.memory_estimate import predict_state_bytes
+from bench import markdown
 
 log = logging.getLogger("bench.tensorgrad_bench")
 
@@ -285,13 +285,7 @@ def render(weight: dict, study: tuple | None, command: str, repeats: int, epochs
 
 def write_section(path: Path, body: str) -> None:
     """Replace (or append) the text between this benchmark's markers; other sections are left alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"{START}\n{body}{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    markdown.write_section(path, START, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
