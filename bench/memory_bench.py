@@ -18,7 +18,7 @@ import torch
 from app.memory import memory_breakdown
 from app.memory_estimate import estimate_memory
 from app.models import FNO
-from app.optim import TensorGaLoreAdamW
+from app.optim import TensorGaLoreAdamW, TensorGRaDAdamW
 from app.param_groups import split_param_groups
 from bench import markdown
 
@@ -44,6 +44,9 @@ def predicted_rows(batch: int, grid: int) -> dict[str, dict[str, int]]:
         opt = TensorGaLoreAdamW(split_param_groups(model), rank=rank)
         rows[f"Tensor-GaLore {rank}"] = estimate_memory(model, opt, shape)
         rows[f"Tensor-GaLore {rank}, fused"] = estimate_memory(model, opt, shape, fused_update=True)
+    # the same Tucker projection with bfloat16 moments (TensorGRaD's low-precision option, no sparse part)
+    bf16 = TensorGRaDAdamW(split_param_groups(model), rank=0.25, sparse_ratio=0.0, moment_dtype="bfloat16")
+    rows["Tensor-GaLore 0.25, bf16 moments, fused"] = estimate_memory(model, bf16, shape, fused_update=True)
     return {k: v.as_dict() for k, v in rows.items()}
 
 
