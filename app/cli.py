@@ -15,11 +15,11 @@ import re
 import warnings
 from pathlib import Path
 
-from datamodules.base import PDEDataModule
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from app.module import OperatorModule
+from datamodules.base import PDEDataModule
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,11 @@ _RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step
 
 def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
     """Fail clearly, before anything is built, on a ``--ckpt_path`` that is missing, empty, truncated, corrupt or
-    not a Lightning checkpoint (one that ``fit`` can resume from, for ``fit``). Memory-maps the file: cheap."""
+    not a Lightning checkpoint (one that ``fit`` can resume from, for ``fit``). Memory-maps the file and verifies
+    the CRC-32 of every record (torch itself does not, so a damaged copy would load garbage): one read of the file.
+    """
+    import zipfile
+
     import torch
 
     path = Path(path)
@@ -76,6 +80,16 @@ def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
             f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}): "
             f"it is truncated, corrupt or not a torch checkpoint{hint}"
         ) from None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        damaged = f"({err})"
+    if damaged is not None:
+        raise ValueError(
+            f"--ckpt_path {path} is corrupt: the checksum of its record {damaged} does not match (a damaged copy or "
+            f"disk error){hint}"
+        )
     needed = _RESUME_KEYS if subcommand == "fit" else ("state_dict",)
     missing = [k for k in needed if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
@@ -132,6 +146,17 @@ class TGaloreCLI(LightningCLI):
         ckpt = Path(cfg.ckpt_path)
         if sub == "fit" and tb is not None and ckpt.parent.name == "checkpoints" and tb.get("version") is None:
             tb.version = ckpt.parent.parent.name
+            self._keep_run_config(ckpt.parent.parent)
+
+    def _keep_run_config(self, run_dir: Path) -> None:
+        """A resumed run records its configuration next to the run's, never over it: ``config.yaml`` stays what the
+        run was started with and each resume adds ``config_resume<k>.yaml`` (even one that then fails)."""
+        if not (run_dir / self.save_config_kwargs.get("config_filename", "config.yaml")).exists():
+            return
+        k = 1
+        while (run_dir / f"config_resume{k}.yaml").exists():
+            k += 1
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_resume{k}.yaml"}
 
     def after_fit(self) -> None:
         if not self.config.fit.get("test_after_fit", True) or self.trainer.interrupted:

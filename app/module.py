@@ -48,7 +48,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def _model_differences(checkpoint: Mapping, hparams: Mapping, own: Mapping[str, Tensor], limit: int = 8) -> list[str]:
+def _model_differences(checkpoint: Mapping, hparams: Mapping, own: Mapping[str, Tensor], limit: int = 6) -> list[str]:
     """How a checkpoint's network differs from this one: its configuration (when both carry the CLI's ``model``
     hyperparameters) and its parameter names and shapes."""
     out = []
@@ -72,7 +72,9 @@ def _model_differences(checkpoint: Mapping, hparams: Mapping, own: Mapping[str, 
     if unexpected:
         out.append(f"{len(unexpected)} parameter(s) this model does not have, e.g. {unexpected[:3]}")
     out += [f"shape of {s}" for s in shapes[:limit]]
-    return out[: limit + 2]
+    if len(shapes) > limit:
+        out.append(f"... and {len(shapes) - limit} more parameter(s) of another shape")
+    return out
 
 
 class OperatorModule(LightningModule):

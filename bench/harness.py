@@ -353,6 +353,8 @@ def sweep_methods(ranks: Sequence[float]) -> list[Method]:
 class TestSet:
     """A test set: ``x`` normalised with the training statistics, ``y`` in physical units."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     name: str
     x: Tensor
     y: Tensor
@@ -595,12 +597,14 @@ def time_methods(
 ) -> dict[str, dict[str, Any]]:
     """Median training-step time of every method, interleaved round-robin in this process on one fixed batch.
 
-    Each round runs ``steps`` steps of every method (the order rotates between rounds); a method's step time is
-    the median over all its timed steps, and ``ratio`` is that over AdamW's (the first method). Then each method
-    with subspaces refreshes ``refresh_repeats`` times on request; ``refresh_extra_s`` is the median refresh step
-    minus the median step, and ``refresh_share`` the share of training time refreshes take at ``update_proj_gap``
-    (see :func:`refresh_share`). No timed step triggers an automatic refresh (``warmup + rounds * steps`` stays
-    below the gap).
+    Each round runs ``steps`` steps of every method (the order rotates between rounds). ``step_s`` is the median
+    over all of a method's timed steps; ``ratio`` is the median over rounds of its mean step over AdamW's (the first
+    method) in the same round, so a change of machine load between rounds cancels (``ratio_iqr``: the quartiles of
+    those per-round ratios, the spread the load leaves). Then each method with subspaces
+    runs ``refresh_repeats`` pairs (an ordinary step, then a step with a requested refresh); ``refresh_extra_s`` is
+    the median difference within the pairs, and ``refresh_share`` the share of training time refreshes take at
+    ``update_proj_gap`` (see :func:`refresh_share`). No timed step triggers an automatic refresh (``warmup +
+    rounds * steps`` stays below the gap).
     """
     x, y = data.train_x[:batch_size], data.train_y[:batch_size]
     runs = {}
@@ -619,31 +623,45 @@ def time_methods(
         for _ in range(warmup):
             one_step(module, opt)
     times: dict[str, list[float]] = {m.key: [] for m in methods}
+    per_round: dict[str, list[float]] = {m.key: [] for m in methods}
     keys = [m.key for m in methods]
     for r in range(rounds):
         for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            for _ in range(steps):
-                times[k].append(one_step(*runs[k]))
+            slot = [one_step(*runs[k]) for _ in range(steps)]
+            times[k] += slot
+            per_round[k].append(statistics.fmean(slot))
     out: dict[str, dict[str, Any]] = {}
-    base = statistics.median(times[keys[0]])
+    base = per_round[keys[0]]
+    base_med = statistics.median(times[keys[0]])
+    gap = hp.update_proj_gap
     for m in methods:
         module, opt = runs[m.key]
         med = statistics.median(times[m.key])
-        entry: dict[str, Any] = {"step_s": med, "ratio": med / base, "n": len(times[m.key])}
+        ratios = [t / b for t, b in zip(per_round[m.key], base, strict=True)]
+        ratio = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
+        entry: dict[str, Any] = {
+            "step_s": med,
+            "ratio": ratio,
+            "ratio_iqr": [quartiles[0], quartiles[2]],
+            "n": len(times[m.key]),
+        }
         force = _force_refresh(opt)
         if force is not None:
-            extra = []
+            extra, refresh = [], []
             for _ in range(refresh_repeats):
+                plain = one_step(module, opt)
                 force()
-                extra.append(one_step(module, opt))
+                refresh.append(one_step(module, opt))
                 _undo_force(opt)
-            entry["refresh_step_s"] = statistics.median(extra)
-            entry["refresh_extra_s"] = max(statistics.median(extra) - med, 0.0)
-            gap = hp.update_proj_gap
+                extra.append(refresh[-1] - plain)
+            entry["refresh_step_s"] = statistics.median(refresh)
+            entry["refresh_extra_s"] = max(statistics.median(extra), 0.0)
             entry["refresh_share"] = refresh_share(med, entry["refresh_extra_s"], gap)
-            entry["ratio_with_refresh"] = (med + entry["refresh_extra_s"] / gap) / base if gap else entry["ratio"]
+            amortised = entry["refresh_extra_s"] / gap / base_med if gap else 0.0
+            entry["ratio_with_refresh"] = ratio + amortised
         else:
-            entry.update(refresh_step_s=None, refresh_extra_s=0.0, refresh_share=0.0, ratio_with_refresh=med / base)
+            entry.update(refresh_step_s=None, refresh_extra_s=0.0, refresh_share=0.0, ratio_with_refresh=ratio)
         out[m.key] = entry
     return out
 

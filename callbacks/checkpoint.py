@@ -18,6 +18,10 @@ a shared filesystem): ``shutil.move`` then *copies* into the target, truncating 
 kill during the copy leaves a truncated checkpoint and no intact one. It also never ``fsync``s (a node crash can
 leave an empty file after the rename) and each kill strands a checkpoint-sized file in ``/tmp``.
 
+A checkpoint written on an exception (``save_on_exception``; SIGTERM from a scheduler raises one) is named
+``interrupted-step<N>.ckpt`` (and ``last.ckpt``), not by the ``filename`` pattern, which would show a stale or zero
+validation score.
+
 A step checkpoint (``every_n_train_steps``) that falls on the last batch of an epoch is written when the epoch ends
 (after its validation) instead: Lightning 2.6 resumes from a last-batch checkpoint with the right weights but skips
 that epoch's validation and ``on_train_epoch_end`` hooks and the next epoch's ``on_train_epoch_start``.
@@ -160,6 +164,17 @@ class SafeModelCheckpoint(ModelCheckpoint):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """``save_on_exception`` (SIGTERM included): ``interrupted-step<N>.ckpt`` and ``last.ckpt``. Lightning would
+        name the file by the ``filename`` pattern, i.e. by a stale or missing (0.0000) validation score, so that it
+        looked like a scored checkpoint."""
+        if self.dirpath is None or not self._should_save_on_exception(trainer):
+            return
+        path = os.path.join(self.dirpath, f"interrupted-step{trainer.global_step:06d}{self.FILE_EXTENSION}")
+        self._save_checkpoint(trainer, path)
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        log.info("%s stopped training at step %d; saved %s", type(exception).__name__, trainer.global_step, path)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Runs after Lightning has resolved --ckpt_path (unknown in setup) and before anything is written.

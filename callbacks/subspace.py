@@ -39,12 +39,14 @@ other steps), stamped with the 0-based index of the optimizer step they concern.
   ``torch.optim.AdamW`` would hold) and ``subspace/refresh_seconds`` (wall time of the optimizer step that ran the
   refreshes, all layers together; on CUDA bracketed by two synchronisations, at refresh steps only);
 * at each lazy check: ``subspace/<name>/energy_now``;
-* text ``subspace/ranks`` (TensorBoard; stored under the tag ``subspace/ranks/text_summary``): a markdown table of the ranks at the first refresh of a fit and whenever
-  they change.
+* text ``subspace/ranks`` (TensorBoard; stored under the tag ``subspace/ranks/text_summary``): a markdown table
+  of the ranks at the first refresh of a fit and whenever they change.
 
 State (``state_dict``, plain numbers under ``state_key``): per layer the step of its last refresh and the energy its
 subspace captured then. Schedules are pure functions of ``global_step``/``current_epoch``, so nothing else is saved;
-``load_state_dict`` only stores these numbers (Lightning restores callbacks before it builds the optimizer).
+``load_state_dict`` only stores these numbers (Lightning restores callbacks before it builds the optimizer). A
+layer without a saved last refresh (the first step, or a run resumed from a checkpoint made without this callback)
+is refreshed at once. Not supported: ``fused_update=True`` (gradients are freed inside backward; refused at start).
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ class SubspaceScheduler(Callback):
         gap: int = 200,
         growth: float = 2.0,
         max_gap: int | None = None,
-        lazy_threshold: float = 0.5,
+        lazy_threshold: float = 0.8,
         lazy_relative: bool = True,
         check_every: int | None = None,
         min_gap: int = 1,
@@ -263,7 +265,7 @@ class SubspaceScheduler(Callback):
         if max_gap is not None and (not isinstance(max_gap, int) or max_gap < 1):
             raise ValueError(f"max_gap={max_gap!r} is invalid: use None or an int >= 1")
         if not (isinstance(lazy_threshold, (int, float)) and 0 < lazy_threshold <= 1):
-            raise ValueError(f"lazy_threshold={lazy_threshold!r} is invalid: use a float in (0, 1], e.g. 0.5")
+            raise ValueError(f"lazy_threshold={lazy_threshold!r} is invalid: use a float in (0, 1], e.g. 0.8")
         if check_every is not None and (not isinstance(check_every, int) or check_every < 1):
             raise ValueError(f"check_every={check_every!r} is invalid: use None or an int >= 1")
         if not isinstance(min_gap, int) or min_gap < 1:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from datamodules.io import check_keys, load_pt, save_pt_atomic
@@ -108,21 +108,36 @@ class FieldDataset(Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation drawn from ``(seed, epoch)`` alone; Lightning calls ``set_epoch`` at every epoch."""
+class EpochShuffleSampler(DistributedSampler):
+    """A permutation drawn from ``(seed, epoch)`` alone (Lightning calls ``set_epoch`` at every epoch), shared by
+    ``num_replicas`` processes: process ``rank`` takes every ``num_replicas``-th index from ``rank`` on (padded like
+    ``DistributedSampler`` when ``n`` is not a multiple). So under DDP the union of the processes' ``i``-th batches
+    of ``batch_size`` is the ``i``-th batch of a single process with ``num_replicas * batch_size``.
 
-    def __init__(self, n: int, seed: int) -> None:
+    It is a ``DistributedSampler`` so that Lightning keeps it under DDP: Lightning otherwise wraps a custom sampler
+    in a ``DistributedSamplerWrapper`` with ``shuffle=True`` for training, which shuffles the permutation again with
+    its own seed, and the global batches no longer match a single process's.
+    """
+
+    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} of num_replicas={num_replicas} is invalid; need 0 <= rank < num_replicas")
         self.n, self.seed, self.epoch = n, seed, 0
+        self.num_replicas, self.rank, self.shuffle, self.drop_last = num_replicas, rank, True, False
+        self.num_samples = -(-n // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        order += order[: self.total_size - self.n]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
 
 class ResumableDataLoader(DataLoader):
@@ -614,7 +629,9 @@ class PDEDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self._require("fit")
         train = self._splits["train"]
-        sampler = EpochShuffleSampler(len(train.x), self.seed)
+        trainer = self.trainer  # under DDP each process takes its share of the same permutation
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffleSampler(len(train.x), self.seed, num_replicas=world, rank=rank)
         return self._loader(train, self.batch_size, sampler, loader_cls=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:

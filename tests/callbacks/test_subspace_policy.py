@@ -122,6 +122,25 @@ def test_callback_owns_the_cadence_fixed_gap():
     assert _refreshes(opt) == [3]  # steps 0, 5, 10, not the optimizer's own gap of 2
 
 
+def test_fixed_policy_reproduces_the_optimizers_own_cadence_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(6, 5, 4, dtype=torch.complex64, generator=g) for _ in range(12)]
+
+    def run(with_callback: bool) -> torch.Tensor:
+        p = torch.nn.Parameter(torch.ones(6, 5, 4, dtype=torch.complex64))
+        opt = TensorGaLoreAdamW([{"params": [p], "galore": True}], lr=0.1, rank=2, update_proj_gap=5)
+        drive = _Driver(SubspaceScheduler(gap=5), opt)
+        for grad in grads:
+            if with_callback:
+                drive.step({p: grad})
+            else:
+                p.grad = grad
+                opt.step()
+        return p.detach()
+
+    assert torch.equal(run(True), run(False))
+
+
 def test_rank_schedule_applies_at_the_next_refresh_or_at_once_when_asked():
     def run(now: bool) -> list[tuple]:
         p = torch.nn.Parameter(torch.zeros(8, 8, 6, dtype=torch.complex64))

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from .helpers import load, run, tiny_args
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training on one thread, like the subprocesses: these models are tiny, and on a shared 2-core box
+    two spinning OpenMP threads per process make each step 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_tmpdir(tmp_path_factory):
+    """A session ``TMPDIR`` for the ``tgalore`` subprocesses: temporary files of killed runs are not left in /tmp."""
+    from . import helpers
+
+    helpers.SUBPROCESS_TMPDIR = str(tmp_path_factory.mktemp("subprocess_tmp"))
+    yield
+    shutil.rmtree(helpers.SUBPROCESS_TMPDIR, ignore_errors=True)
+    helpers.SUBPROCESS_TMPDIR = None
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,17 @@ class Touch(Callback):
         Path(self.path).touch()
 
 
+class Throttle(Callback):
+    """Sleep ``seconds`` after every training batch (before the checkpoint of that step): a run that lasts long
+    enough for a test to kill it at a random moment; the training itself is unchanged."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
 class DumpState(Callback):
     """At the end of training, save each rank's parameters and optimizer state to ``<directory>/rank<r>.pt``."""
 
@@ -62,8 +73,10 @@ class DumpState(Callback):
         out = Path(self.directory)
         out.mkdir(parents=True, exist_ok=True)
         opt = trainer.optimizers[0]
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         torch.save(
-            {"state_dict": pl_module.state_dict(), "optimizer": opt.state_dict(), "global_step": trainer.global_step},
+            {"state_dict": pl_module.state_dict(), "optimizer": opt.state_dict(), "global_step": trainer.global_step,
+             "metrics": metrics},
             out / f"rank{trainer.global_rank}.pt",
         )
 
@@ -136,12 +149,27 @@ def callback_arg(cls: type, **init_args: Any) -> str:
     return "--trainer.callbacks+=" + json.dumps(spec)
 
 
-def tiny_args(root: Path, data_dir: Path, *extra: str) -> list[str]:
+def tiny_variant(path: Path, checkpoint: dict | None = None, subspace: dict | bool | None = None) -> Path:
+    """A copy of the tiny config at ``path`` with some init args of its checkpoint or subspace callback replaced
+    (list items cannot be changed one by one on the command line); ``subspace=False`` drops that callback."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(TINY).read_text())
+    callbacks = cfg["trainer"]["callbacks"]
+    for cb, changes in zip(callbacks, (checkpoint, subspace), strict=True):
+        cb["init_args"].update(changes or {})
+    if subspace is False:
+        callbacks.pop()
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def tiny_args(root: Path, data_dir: Path, *extra: str, config: Path | str = TINY) -> list[str]:
     """``fit`` with the tiny config, writing runs under ``root/runs`` and reading/generating data in ``data_dir``."""
     return [
         "fit",
         "-c",
-        TINY,
+        str(config),
         f"--trainer.default_root_dir={root}",
         f"--trainer.logger.init_args.save_dir={root / 'runs'}",
         f"--data.init_args.data_dir={data_dir}",
@@ -149,9 +177,15 @@ def tiny_args(root: Path, data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+#: ``TMPDIR`` of the subprocesses (set per session by conftest.py): what killed runs leave there goes with it
+SUBPROCESS_TMPDIR: str | None = None
+
+
 def env(**extra: str) -> dict[str, str]:
     """The subprocess environment: one thread per process (the 2-core CI box; and identical reductions)."""
     out = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if SUBPROCESS_TMPDIR is not None:
+        out["TMPDIR"] = SUBPROCESS_TMPDIR
     out.pop("PYTEST_CURRENT_TEST", None)
     out.update(extra)
     return out

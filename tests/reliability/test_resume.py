@@ -11,9 +11,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from lightning.pytorch.utilities.data import _update_dataloader
 
 from datamodules.base import EpochShuffleSampler, ResumableDataLoader
 
@@ -81,12 +78,12 @@ def test_sigkill_mid_epoch_then_resume_last_is_bit_identical_to_an_uninterrupted
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes_exactly(tmp_path, tiny_data_dir, tiny_reference):
     # Paused before step 4; the step runs, then Lightning raises SIGTERMException and save_on_exception writes
-    # a checkpoint at global step 5, which is not on the 2-step cadence.
+    # a checkpoint at global step 5, which is not on the 2-step cadence, and last.ckpt.
     status, log = _kill_at(tmp_path, tiny_data_dir, 4, signal.SIGTERM)
     assert status == 143, log[-3000:]  # 128 + SIGTERM, not 0: a scheduler must not take it for a finished job
     assert "Received SIGTERM" in log and "resume with `--ckpt_path last`" in log
     ckpt_dir = last_ckpt(tmp_path).parent
-    assert (ckpt_dir / "step0005.ckpt").is_file()
+    assert (ckpt_dir / "interrupted-step000005.ckpt").is_file()  # named as what it is, not by a stale score
     assert load(last_ckpt(tmp_path))["global_step"] == 5
 
     run(tiny_args(tmp_path, tiny_data_dir, "--ckpt_path=last"))
@@ -150,12 +147,21 @@ def test_resumable_loader_skips_with_worker_processes():
     assert _batches(loader) == expected
 
 
-def test_resumable_loader_survives_lightnings_distributed_sampler_injection():
-    loader = _loader(n=12, batch_size=2)
-    rank1 = _update_dataloader(loader, DistributedSamplerWrapper(loader.sampler, num_replicas=2, rank=1, shuffle=False))
-    assert isinstance(rank1, ResumableDataLoader)
-    rank1.sampler.set_epoch(0)
-    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()
-    assert sum(_batches(rank1), []) == perm[1::2]  # rank r takes every other index of the shared permutation
-    rank1.load_state_dict({"epoch": 0, "batches": 1})
-    assert sum(_batches(rank1), []) == perm[1::2][2:]
+def test_processes_share_one_permutation_so_their_batches_make_up_one_processes_batch():
+    def loader(batch_size, world=1, rank=0):
+        out = ResumableDataLoader(list(range(12)), batch_size=batch_size,
+                                  sampler=EpochShuffleSampler(12, 0, num_replicas=world, rank=rank))
+        out.sampler.set_epoch(5)
+        return out
+
+    one, r0, r1 = loader(4), loader(2, 2, 0), loader(2, 2, 1)
+    global_batches = [sorted(a + b) for a, b in zip(_batches(r0), _batches(r1), strict=True)]
+    assert global_batches == [sorted(b) for b in _batches(one)]
+    resumed = loader(2, 2, 1)
+    resumed.load_state_dict({"epoch": 5, "batches": 1})
+    assert _batches(resumed) == _batches(r1)[1:]
+
+
+def test_an_uneven_split_repeats_samples_so_every_process_has_as_many():
+    shares = [list(EpochShuffleSampler(5, 0, num_replicas=2, rank=r)) for r in range(2)]
+    assert [len(s) for s in shares] == [3, 3] and set(shares[0] + shares[1]) == set(range(5))
