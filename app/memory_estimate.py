@@ -30,7 +30,7 @@ from app.optim import TensorGaLoreAdamW, moment_itemsizes, projection_layout, sp
 __all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
 
 
-def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
+def _galore_param_state_bytes(p: torch.Tensor, group: dict, refreshes: int = 1) -> int:
     layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
     itemsize = p.element_size()
     first, second = moment_itemsizes(p.dtype, group)  # TensorGRaDAdamW may keep moments in bfloat16
@@ -43,19 +43,24 @@ def _galore_param_state_bytes(p: torch.Tensor, group: dict) -> int:
     factors = sum(n * r * itemsize for n, r in zip(view, ranks, strict=True) if r is not None)
     spectra = sum(4 * n for r, n in zip(ranks, view, strict=True) if r is not None)
     counters = 4 + 4 + 8 + 8  # step (float32), energy (float32), last_refresh and refreshes (int64)
+    overlap = 4 * len(view) if refreshes >= 2 else 0  # float32 per mode, written from the second refresh on
     sparse = sparse_state_bytes(p.numel(), p.dtype, group)  # TensorGRaDAdamW: indices + sparse moments
-    return core * (first + second) + factors + spectra + counters + sparse
+    return core * (first + second) + factors + spectra + counters + overlap + sparse
 
 
-def predict_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of state ``optimizer`` will hold once every parameter has taken a step (no step is taken)."""
+def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> int:
+    """Bytes of state ``optimizer`` will hold once every parameter has taken a step (no step is taken).
+
+    ``refreshes``: subspace refreshes each projected parameter has had (its first step is the first); from the
+    second on, ``TensorGaLoreAdamW`` also keeps a float32 subspace-drift diagnostic per mode (``overlap``).
+    """
     total = 0
     for group in optimizer.param_groups:
         for p in group["params"]:
             if not p.requires_grad:
                 continue
             if isinstance(optimizer, TensorGaLoreAdamW):
-                total += _galore_param_state_bytes(p, group)
+                total += _galore_param_state_bytes(p, group, refreshes)
             elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
                 moments = 3 if group.get("amsgrad") else 2
                 total += moments * tensor_bytes(p) + 4

@@ -223,16 +223,19 @@ class Hyper:
     update_proj_gap: int | None = 200
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    scale: float = 1.0  # of the back-projected update, for every projected method of ours
 
 
 def default_hyper(path: Path = DEFAULTS_YAML) -> Hyper:
-    """lr, weight decay and ``update_proj_gap`` of the default job's optimizer (``configs/defaults.yaml``)."""
+    """lr, weight decay, ``update_proj_gap`` and ``scale`` of the default job's optimizer
+    (``configs/defaults.yaml``)."""
     cfg = yaml.safe_load(path.read_text())
     init = cfg["model"]["optimizer"]["init_args"]
     return Hyper(
         lr=float(init["lr"]),
         weight_decay=float(init.get("weight_decay", 0.0)),
         update_proj_gap=init.get("update_proj_gap", 200),
+        scale=float(init.get("scale", 1.0)),
     )
 
 
@@ -271,6 +274,7 @@ class Method:
         if self.family == "ours":
             from app.optim import TensorGaLoreAdamW
 
+            opts = {"scale": hp.scale, **opts}
             return lambda groups: TensorGaLoreAdamW(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
         if self.family == "neuralop":
             from neuralop.training import AdamW as NeuralopAdamW
@@ -293,6 +297,7 @@ class Method:
             cls = tensorgrad_class()
             if cls is None:
                 raise RuntimeError("app.optim exports no TensorGRaD optimizer")
+            opts = {"scale": hp.scale, **opts}
             return lambda groups: cls(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
         raise ValueError(f"unknown method family {self.family!r}")
 

@@ -89,3 +89,16 @@ def test_activation_estimate_is_close_to_the_cuda_peak():
     peak = torch.cuda.max_memory_allocated() - base
     # saved activations are most of the forward/backward peak; FFT workspaces and temporaries add the rest
     assert est.activations <= peak <= 3 * est.activations + est.grads
+
+
+def test_state_prediction_after_the_second_refresh_counts_the_drift_diagnostic_exactly():
+    from app.memory_estimate import predict_state_bytes
+
+    m = _model()
+    opt = TensorGaLoreAdamW(split_param_groups(m), rank=0.25, update_proj_gap=1)
+    for _ in range(2):  # gap 1: both steps refresh
+        opt.zero_grad()
+        m(torch.randn(2, 1, 16, 16)).pow(2).mean().backward()
+        opt.step()
+    assert memory_breakdown(m, opt).optimizer_state == predict_state_bytes(opt, refreshes=2)
+    assert predict_state_bytes(opt, refreshes=2) > predict_state_bytes(opt)

@@ -58,6 +58,7 @@ _PROJ = ("tucker", "matrix")
 _SOLVERS = ("hosvd", "hooi", "tensorly")
 _REFRESH_MOMENTS = ("keep", "project", "reset")
 _NONFINITE = ("error", "skip")
+_COMPLEX_NORM = ("element", "component")
 # state entries kept on the host (like torch's ``step``): read for refresh decisions without a device sync
 _HOST_KEYS = frozenset({"step", "last_refresh", "refreshes", "nonfinite_skips"})
 
@@ -120,6 +121,7 @@ def _check_options(group: dict[str, Any]) -> None:
         raise ValueError(f"solver_iters={group['solver_iters']!r} is invalid: use an int >= 1, e.g. solver_iters=1")
     _check_choice("refresh_moments", group["refresh_moments"], _REFRESH_MOMENTS)
     _check_choice("nonfinite", group["nonfinite"], _NONFINITE)
+    _check_choice("complex_norm", group["complex_norm"], _COMPLEX_NORM)
 
 
 def projection_layout(
@@ -144,6 +146,17 @@ def projection_layout(
 # ------------------------------------------------------------------------------------------ functional kernel
 
 
+def rms_divisor(complex_grad: bool, complex_norm: str) -> float:
+    """The factor ``c`` in Adam's denominator ``sqrt(V_hat / c) + eps``, where ``V`` tracks ``|g|^2``.
+
+    ``"element"`` (``c = 1``, the paper's Algorithm 1): a complex entry is one coordinate; its step has modulus
+    about ``lr``. ``"component"`` (``c = 2`` for complex gradients): ``|g|^2 / 2`` is the mean square of the real
+    and imaginary parts, so each real part moves about ``lr``, like ``torch.optim.AdamW`` on ``view_as_real``
+    (which keeps two second moments per entry where this keeps one). Real gradients: always 1.
+    """
+    return 2.0 if complex_grad and complex_norm == "component" else 1.0
+
+
 def _ema_abs_sq_(v: Tensor, g: Tensor, beta2: float) -> None:
     """``v = beta2 * v + (1 - beta2) * |g|^2`` in place; real ``v``; the real case is torch.optim.AdamW's ops."""
     if g.is_complex():
@@ -166,13 +179,15 @@ def tensor_galore_adamw(
     eps: float,
     weight_decay: float,
     scale: float,
+    complex_norm: str = "element",
 ) -> None:
     """One AdamW update per parameter, in a projected space where ``factors[i]`` is given.
 
     ``grads[i]`` is the projected gradient (the core, shaped like the moments) when ``factors[i]`` is a factor
     list (the parameter's layout view has ``len(factors[i])`` modes), else the full gradient. ``bias_steps[i]``
     is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
-    update of a projected parameter is multiplied by ``scale``. Full-tensor updates use exactly the operations of
+    update of a projected parameter is multiplied by ``scale``. ``complex_norm`` is the convention of
+    :func:`rms_divisor` for complex gradients. Full-tensor updates use exactly the operations of
     ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits).
     """
     for i, param in enumerate(params):
@@ -185,7 +200,8 @@ def tensor_galore_adamw(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr / bias_correction1
-        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)
+        c = rms_divisor(grad.is_complex(), complex_norm)
+        denom = (exp_avg_sq.sqrt() / (bias_correction2 if c == 1.0 else bias_correction2 * c) ** 0.5).add_(eps)
         if fs is None:
             param.addcdiv_(exp_avg, denom, value=-step_size)
             continue
@@ -287,9 +303,11 @@ class TensorGaLoreAdamW(Optimizer):
 
     Ranks (``rank``), for a parameter of shape ``(n_1, ..., n_N)``:
 
-    * float ``f`` in (0, 1]: the core keeps about a fraction ``f`` of the elements, spread evenly over the modes
-      of size > 1: ``r_k = clamp(floor(n_k * f**(1/K) + 0.5), 1, n_k)`` with ``K`` such modes (``(64, 64, 32, 17)``
-      at 0.25 -> ``(45, 45, 23, 12)``, 25.1% of the elements). On the matrix path, ``f`` of the smaller side.
+    * float ``f`` in (0, 1]: the core keeps the fraction of the elements nearest ``f`` that ranks spread evenly
+      over the modes reach (:func:`tucker.resolve_ranks`: grow the least-kept mode by 1 while the core fits in
+      ``f``, then one step over if that is nearer; at least 1 per mode): ``(64, 64, 32, 17)`` at 0.25 ->
+      ``(47, 45, 22, 12)``, 25.1%; ``(16, 16, 8, 5)`` -> ``(12, 11, 5, 4)``, 25.8%. On the matrix path, ``f`` of
+      the smaller side.
     * int ``r``: ``min(r, n_k)`` for every mode (matrix path: for the smaller side).
     * sequence: one entry per mode, an int (capped at ``n_k``) or a fraction of that mode (Tucker path only).
 
@@ -301,9 +319,9 @@ class TensorGaLoreAdamW(Optimizer):
         weight_decay: decoupled weight decay, applied in full space like ``torch.optim.AdamW``.
         galore: project this group's parameters (True) or run full-tensor AdamW (False). Parameters with fewer
             than 2 dimensions are never projected.
-        rank: rank of the projection. A float ``f`` in (0, 1] keeps about that fraction of the elements
-            (``r_k = clamp(floor(n_k * f**(1/K) + 0.5), 1, n_k)`` over the ``K`` modes of size > 1); an int is
-            the rank of every mode (capped at its size); a sequence gives each mode an int or a fraction of it.
+        rank: rank of the projection. A float ``f`` in (0, 1] keeps the nearest achievable fraction of the
+            elements with evenly spread per-mode ranks (see above); an int is the rank of every mode (capped at
+            its size); a sequence gives each mode an int or a fraction of it.
         update_proj_gap: steps between automatic subspace refreshes, counted from a parameter's last refresh;
             None refreshes only at the first step and on ``request_refresh()``.
         scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``).
@@ -330,6 +348,11 @@ class TensorGaLoreAdamW(Optimizer):
             GradScaler: no moment, factor, step-count or parameter changes; a pending refresh waits), warns, and
             counts it in each parameter's ``nonfinite_skips``. Nothing is modified before the check, which costs
             one device-to-host read per step.
+        complex_norm: how Adam normalises a complex coordinate (the second moment is always one real ``|g|^2``
+            per entry). ``"element"``: divide by ``sqrt(V_hat)`` (the paper's Algorithm 1; a complex entry's step
+            has modulus about ``lr``); ``"component"``: divide by ``sqrt(V_hat / 2)``, the RMS of the real and
+            imaginary parts, so each part moves about ``lr`` as under ``torch.optim.AdamW`` (which views complex
+            tensors as real pairs); same memory, a factor sqrt(2) in the step. See :func:`rms_divisor`.
 
     Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
 
@@ -357,6 +380,7 @@ class TensorGaLoreAdamW(Optimizer):
         solver_iters: int = 1,
         refresh_moments: Literal["keep", "project", "reset"] = "reset",
         nonfinite: Literal["error", "skip"] = "error",
+        complex_norm: Literal["element", "component"] = "component",
     ) -> None:
         if isinstance(betas, list):
             betas = tuple(betas)
@@ -375,6 +399,7 @@ class TensorGaLoreAdamW(Optimizer):
             solver_iters=solver_iters,
             refresh_moments=refresh_moments,
             nonfinite=nonfinite,
+            complex_norm=complex_norm,
             refresh_pending=False,
         )
         _check_options(defaults)
@@ -384,6 +409,7 @@ class TensorGaLoreAdamW(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:  # options added after the first release get their defaults here
             group.setdefault("refresh_pending", False)
+            group.setdefault("complex_norm", "element")  # state dicts saved before the option: their behaviour
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (filled from ``defaults``) after validating its options and its parameters' ranks."""
@@ -611,7 +637,8 @@ class TensorGaLoreAdamW(Optimizer):
             return loss
         for group, items in zip(self.param_groups, work, strict=True):
             self._update_group(group, items)
-            group["refresh_pending"] = False
+            if items:  # a group none of whose parameters had a gradient (fused per-layer steps) still waits
+                group["refresh_pending"] = False
         return loss
 
     def _collect(self, group_idx: int, group: dict[str, Any]) -> list[_Work]:
@@ -731,6 +758,7 @@ class TensorGaLoreAdamW(Optimizer):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 scale=group["scale"],
+                complex_norm=group["complex_norm"],
             )
 
     @staticmethod

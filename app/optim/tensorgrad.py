@@ -131,8 +131,9 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
 
     Args:
         params, lr, betas, eps, weight_decay, galore, rank, update_proj_gap, scale, proj, rollup, solver,
-            solver_iters, refresh_moments, nonfinite: as in :class:`TensorGaLoreAdamW` (``refresh_moments`` also
-            decides what a refresh does to the sparse moments: zeroed, or carried over for kept positions).
+            solver_iters, refresh_moments, nonfinite, complex_norm: as in :class:`TensorGaLoreAdamW`
+            (``refresh_moments`` also decides what a refresh does to the sparse moments: zeroed, or carried over
+            for kept positions).
         sparse_ratio: fraction of each projected parameter's entries in the sparse part, in [0, 1]; ``k =
             clamp(round(sparse_ratio * numel), 1, numel)`` entries (none for 0).
         sparse_type: ``"topk"``: the entries of largest modulus of the tensor the sparse part is taken from;
@@ -174,6 +175,7 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
         solver_iters: int = 1,
         refresh_moments: Literal["keep", "project", "reset"] = "reset",
         nonfinite: Literal["error", "skip"] = "error",
+        complex_norm: Literal["element", "component"] = "component",
         sparse_ratio: float = 0.05,
         sparse_type: Literal["topk", "randk"] = "topk",
         composition: Literal["lowrank_first", "sparse_first"] = "lowrank_first",
@@ -208,6 +210,7 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
             solver_iters=solver_iters,
             refresh_moments=refresh_moments,
             nonfinite=nonfinite,
+            complex_norm=complex_norm,
         )
         # The base constructor adds the initial groups before these options are defaults; fill and check them now
         # (groups added later are filled from ``defaults`` and checked by ``add_param_group``).
@@ -342,6 +345,7 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
                 beta2=beta2,
                 eps=group["eps"],
                 scale=group["sparse_scale"],
+                complex_norm=group["complex_norm"],
             )
 
     @staticmethod

@@ -108,15 +108,47 @@ def check_rank_spec(spec: object, name: str = "rank") -> None:
         _check_scalar_rank(spec, name)
 
 
+@functools.lru_cache(maxsize=1024)
+def _fraction_ranks(f: float, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-mode ranks whose product is the nearest to ``f * prod(shape)``, spread evenly over the modes.
+
+    Start from rank 1 everywhere and repeatedly add 1 to the least-kept mode (smallest ``r_n / n``; ties: the
+    earlier mode) among those whose increment keeps the product within ``f * prod(shape)``, until none fits.
+    Then one more +1, on the mode whose increment overshoots least, is taken if it lands nearer the target than
+    the product already is (ties stay below). So the core keeps the achievable fraction nearest ``f``, evenly
+    spread; the floor of 1 per mode can exceed it for tiny ``f``. Cached: it runs at every step.
+    """
+    ranks = [1] * len(shape)
+    target = f * math.prod(shape)
+    budget = target * (1 + 1e-12)
+    product = 1
+    while True:
+        growable = [k for k, (r, n) in enumerate(zip(ranks, shape, strict=True)) if r < n]
+        fits = [k for k in growable if product // ranks[k] * (ranks[k] + 1) <= budget]
+        if not fits:
+            break
+        k = min(fits, key=lambda i: (ranks[i] / shape[i], i))
+        product = product // ranks[k] * (ranks[k] + 1)
+        ranks[k] += 1
+    if growable:
+        k = min(growable, key=lambda i: (product // ranks[i] * (ranks[i] + 1), ranks[i] / shape[i], i))
+        over = product // ranks[k] * (ranks[k] + 1)
+        if over - target < target - product:
+            ranks[k] += 1
+    return tuple(ranks)
+
+
 def resolve_ranks(spec: RankSpec, shape: Sequence[int]) -> tuple[int, ...]:
     """Per-mode Tucker ranks for a tensor of ``shape``.
 
-    * ``float f`` in (0, 1]: the core keeps about a fraction ``f`` of the elements. With ``k`` the number of modes
-      of size > 1, each such mode keeps ``r_n = clamp(floor(n * f**(1/k) + 0.5), 1, n)`` (round half up); modes of
-      size 1 keep 1. Example: ``(64, 64, 32, 17)`` at 0.25 gives ``(45, 45, 23, 12)`` (25.1% of the elements).
+    * ``float f`` in (0, 1]: the core keeps the fraction of the elements nearest ``f`` that evenly spread ranks
+      reach (:func:`_fraction_ranks`: from rank 1, +1 on the least-kept mode, ``r_n / n``, while the product
+      stays within ``f``, then possibly one step over it if that lands nearer; at least 1 per mode, so size-1
+      modes keep 1). Examples at 0.25: ``(64, 64, 32, 17)`` gives ``(47, 45, 22, 12)`` (25.1% of the elements),
+      ``(16, 16, 8, 5)`` gives ``(12, 11, 5, 4)`` (25.8%; the next lower choice, ``(11, 11, 5, 4)``, is 23.6%).
     * ``int r`` >= 1: ``min(r, n)`` for every mode.
     * sequence (one entry per mode): an int entry is ``min(r, n)``; a float entry ``f`` in (0, 1] is
-      ``clamp(floor(n * f + 0.5), 1, n)``.
+      ``clamp(floor(n * f + 0.5), 1, n)`` (round half up).
 
     Raises ``TypeError``/``ValueError`` for anything else (bools, floats outside (0, 1], ints < 1, a sequence
     whose length is not ``len(shape)``).
@@ -135,9 +167,7 @@ def resolve_ranks(spec: RankSpec, shape: Sequence[int]) -> tuple[int, ...]:
         )
     if _is_int(spec):
         return tuple(min(int(spec), n) for n in shape)
-    active = sum(n > 1 for n in shape)
-    per_mode = float(spec) ** (1.0 / active) if active else 1.0
-    return tuple(min(max(_round_half_up(n * per_mode), 1), n) for n in shape)
+    return _fraction_ranks(float(spec), shape)
 
 
 # ----------------------------------------------------------------------------------------------- maths

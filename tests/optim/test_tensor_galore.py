@@ -47,21 +47,23 @@ def _mode_apply(x, mats):
     return x
 
 
-def _algorithm_1(w0, grads, factors, *, lr, b1, b2, eps, wd, scale):
-    """Tensor-GaLore Adam (paper's Algorithm 1) with fixed factors and a complex-conjugate second moment."""
+def _algorithm_1(w0, grads, factors, *, lr, b1, b2, eps, wd, scale, c=1.0):
+    """Tensor-GaLore Adam (paper's Algorithm 1) with fixed factors and a complex-conjugate second moment;
+    ``c = 2`` divides it by 2 for complex tensors (``complex_norm="component"``)."""
     w = w0.copy()
     m = v = 0.0
     for t, g in enumerate(grads, start=1):
         r = _mode_apply(g, [u.conj().T for u in factors])
         m = b1 * m + (1 - b1) * r
         v = b2 * v + (1 - b2) * (r * r.conj()).real
-        n = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        n = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) / c) + eps)
         w = w * (1 - lr * wd) - lr * scale * _mode_apply(n, factors)
     return w
 
 
+@pytest.mark.parametrize("complex_norm", ["element", "component"])
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
-def test_matches_an_independent_float64_algorithm_1(dtype):
+def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
     shape, n_steps = (6, 5, 4, 3), 12
     p = _param(shape, dtype)
     w0 = p.detach().numpy().copy()
@@ -77,22 +79,25 @@ def test_matches_an_independent_float64_algorithm_1(dtype):
         rank=0.3,
         scale=hp["scale"],
         update_proj_gap=None,
+        complex_norm=complex_norm,
     )
     _run(opt, [p], [grads])
     state = opt.state[p]
     assert int(state["refreshes"]) == 1
     factors = [state[f"factor_{k}"].numpy() for k in range(4)]
-    expected = _algorithm_1(w0, [g.numpy() for g in grads], factors, **hp)
+    c = 2.0 if dtype.is_complex and complex_norm == "component" else 1.0
+    expected = _algorithm_1(w0, [g.numpy() for g in grads], factors, **hp, c=c)
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-10)
 
 
-def _complex_adam(w0, grads, *, lr, b1, b2, eps, wd):
-    """Complex-correct AdamW on full tensors: complex first moment, real |g|^2 second moment."""
+def _complex_adam(w0, grads, *, lr, b1, b2, eps, wd, c=2.0):
+    """Complex-correct AdamW on full tensors: complex first moment, real |g|^2 second moment, divided by ``c`` in
+    the denominator (2: the default ``complex_norm="component"``)."""
     w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros(w0.shape, dtype=w0.real.dtype)
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * (g.real**2 + g.imag**2)
-        w = w * (1 - lr * wd) - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+        w = w * (1 - lr * wd) - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t) / c).sqrt() + eps)
     return w
 
 
@@ -145,6 +150,52 @@ def test_complex_full_tensor_second_moment_is_real_abs_sq():
     v = opt.state[p]["exp_avg_sq"]
     assert v.dtype == torch.float32 and v.shape == (4, 3)
     torch.testing.assert_close(v, torch.full((4, 3), 0.01 * 25.0))
+
+
+@pytest.mark.parametrize("galore", [False, True])
+def test_component_norm_is_element_norm_with_lr_and_eps_times_sqrt2(galore):
+    """``complex_norm="component"`` divides by sqrt(V_hat / 2): the same as "element" with lr and eps scaled by
+    sqrt(2) (no weight decay, which would see the scaled lr); projected and full tensors alike."""
+    shape = (6, 5, 4)
+    a, b = _param(shape), _param(shape)
+    b.data.copy_(a.data)
+    kw = dict(betas=(0.9, 0.99), galore=galore, rank=0.5, update_proj_gap=3)
+    comp = TensorGaLoreAdamW([a], lr=1e-2, eps=1e-6, complex_norm="component", **kw)
+    elem = TensorGaLoreAdamW([b], lr=1e-2 * math.sqrt(2), eps=1e-6 * math.sqrt(2), complex_norm="element", **kw)
+    grads = _grads(shape, 7, seed=3)
+    _run(comp, [a], [grads])
+    _run(elem, [b], [grads])
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(comp.state[a]["exp_avg_sq"], elem.state[b]["exp_avg_sq"])
+
+
+def test_component_norm_moves_each_part_like_torch_adamw_on_a_balanced_gradient():
+    """A gradient whose real and imaginary parts are equal has ``|g|^2 / 2 = re^2 = im^2``: the "component" step
+    then equals torch.optim.AdamW's on the real view, part for part."""
+    shape = (5, 4)
+    a = _param(shape)
+    b = nn.Parameter(a.detach().clone())
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    ours = TensorGaLoreAdamW([a], complex_norm="component", **kw)
+    ref = torch.optim.AdamW([b], foreach=False, weight_decay=0.0, **kw)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        re = torch.randn(shape, generator=g)
+        grad = torch.complex(re, re)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_complex_norm_leaves_real_parameters_bit_identical():
+    a = _param((4, 3), torch.float32)
+    b = nn.Parameter(a.detach().clone())
+    opts = [TensorGaLoreAdamW([p], lr=1e-2, complex_norm=n) for p, n in ((a, "component"), (b, "element"))]
+    grads = _grads((4, 3), 4, torch.float32, seed=5)
+    _run(opts[0], [a], [grads])
+    _run(opts[1], [b], [grads])
+    assert torch.equal(a, b)
 
 
 def test_never_modifies_the_gradient():
@@ -218,9 +269,10 @@ def test_state_at_rank_quarter_is_at_most_22pct_of_adamw_for_a_spectral_weight()
     ours = opt.state_bytes()["total"]
     assert ours == sum(v.numel() * v.element_size() for v in opt.state[p].values())
     assert ours <= 0.22 * adamw_state_bytes([p])
-    # hand count: core 45*45*23*12 complex64 + float32 moments, factors, spectra, energy/step and int64 counters
-    core = 45 * 45 * 23 * 12
-    expected = core * (8 + 4) + 8 * (64 * 45 * 2 + 32 * 23 + 17 * 12) + 4 * (64 + 64 + 32 + 17) + 4 + 4 + 8 + 8
+    # hand count: core 47*45*22*12 complex64 + float32 moments, factors, spectra, energy/step and int64 counters
+    core = 47 * 45 * 22 * 12
+    factors = 8 * (64 * 47 + 64 * 45 + 32 * 22 + 17 * 12)
+    expected = core * (8 + 4) + factors + 4 * (64 + 64 + 32 + 17) + 4 + 4 + 8 + 8
     assert ours == expected
 
 
@@ -273,6 +325,23 @@ def test_request_refresh_acts_at_the_next_step_and_restarts_the_gap():
     assert int(opt.state[p]["last_refresh"]) == 3  # next automatic refresh is 10 steps after step 3
     opt.step()
     assert int(opt.state[p]["last_refresh"]) == 13 and int(opt.state[p]["refreshes"]) == 3
+
+
+def test_a_pending_refresh_waits_for_a_step_in_which_its_group_has_gradients():
+    """Fused per-layer updates step the optimizer once per parameter, with only that parameter's gradient set:
+    a requested refresh must survive the steps of the other groups."""
+    a, b = _param((4, 3, 2)), _param((4, 3, 2), seed=1)
+    opt = TensorGaLoreAdamW([{"params": [a]}, {"params": [b]}], galore=True, update_proj_gap=None)
+    a.grad, b.grad = torch.randn_like(a), torch.randn_like(b)
+    opt.step()
+    opt.request_refresh()
+    b.grad = None
+    opt.step()  # only a
+    assert int(opt.state[a]["refreshes"]) == 2 and opt.param_groups[0]["refresh_pending"] is False
+    assert opt.param_groups[1]["refresh_pending"] is True
+    a.grad, b.grad = None, torch.randn_like(b)
+    opt.step()  # only b
+    assert int(opt.state[b]["refreshes"]) == 2 and opt.param_groups[1]["refresh_pending"] is False
 
 
 def test_request_refresh_targets_one_group():
@@ -374,7 +443,9 @@ def test_keep_rule_keeps_coordinates_and_crops_on_rank_decrease():
 
 def test_reset_rule_zeroes_moments_and_restarts_bias_correction():
     p = _param((8, 6, 4), torch.complex128)
-    opt = TensorGaLoreAdamW([p], galore=True, rank=3, refresh_moments="reset", update_proj_gap=4, lr=0.1, eps=0.0)
+    opt = TensorGaLoreAdamW(
+        [p], galore=True, rank=3, refresh_moments="reset", update_proj_gap=4, lr=0.1, eps=0.0, complex_norm="element"
+    )
     for _ in range(4):
         p.grad = torch.randn_like(p)
         opt.step()
@@ -464,6 +535,7 @@ def test_every_option_is_a_group_key_saved_in_the_state_dict():
         "solver_iters",
         "refresh_moments",
         "nonfinite",
+        "complex_norm",
         "refresh_pending",
     ):
         assert key in group, key
@@ -592,6 +664,7 @@ def test_zero_gradient_is_harmless():
         ("solver_iters", 0, ValueError),
         ("refresh_moments", "rotate", ValueError),
         ("nonfinite", "ignore", ValueError),
+        ("complex_norm", "modulus", ValueError),
         ("refresh_pending", None, TypeError),
     ],
 )

@@ -134,6 +134,7 @@ def test_update_is_the_sum_of_the_backprojected_and_the_weighted_sparse_adam_dir
         update_proj_gap=None,
         composition=composition,
     )
+    assert opt.param_groups[0]["complex_norm"] == "component"  # the default: sqrt(V_hat / 2) for complex
     _run(opt, [p], [grads])
     us = [u.numpy() for u in _factors(opt, p, 0.3)]
     idx = opt.state[p]["sparse_index"].numpy()
@@ -153,9 +154,9 @@ def test_update_is_the_sum_of_the_backprojected_and_the_weighted_sparse_adam_dir
         v = hp["b2"] * v + (1 - hp["b2"]) * (r * r.conj()).real
         vs = hp["b2"] * vs + (1 - hp["b2"]) * (s * s.conj()).real
         c1, c2 = 1 - hp["b1"] ** t, 1 - hp["b2"] ** t
-        n_low = _mode_apply((m / c1) / (np.sqrt(v / c2) + hp["eps"]), us)
+        n_low = _mode_apply((m / c1) / (np.sqrt(v / c2 / 2) + hp["eps"]), us)
         n_sparse = np.zeros(w.size, dtype=w.dtype)
-        n_sparse[idx] = (ms / c1) / (np.sqrt(vs / c2) + hp["eps"])
+        n_sparse[idx] = (ms / c1) / (np.sqrt(vs / c2 / 2) + hp["eps"])
         w = w * (1 - hp["lr"] * hp["wd"]) - hp["lr"] * (
             hp["scale"] * n_low + hp["sparse_scale"] * n_sparse.reshape(shape)
         )

@@ -30,14 +30,32 @@ def _decaying(shape, dtype=torch.complex128, seed=0):
 # ------------------------------------------------------------------------------------------------ ranks
 
 
-def test_fraction_rank_spreads_evenly_over_modes_and_rounds_half_up():
-    assert tucker.resolve_ranks(0.25, (64, 64, 32, 17)) == (45, 45, 23, 12)
+def test_fraction_rank_keeps_the_nearest_fraction_spread_evenly():
+    # within 25%: (46, 45, 22, 12) = 24.54%; one more on mode 0 gives 25.07%, nearer: taken
+    assert tucker.resolve_ranks(0.25, (64, 64, 32, 17)) == (47, 45, 22, 12)
+    # within 25%: (11, 11, 5, 4) = 23.6%; the least overshoot, (12, 11, 5, 4) = 25.8%, is nearer: taken
+    assert tucker.resolve_ranks(0.25, (16, 16, 8, 5)) == (12, 11, 5, 4)
     # 0.25 ** (1/2) = 0.5 on the two modes of size > 1; the size-1 mode keeps 1
     assert tucker.resolve_ranks(0.25, (8, 1, 6)) == (4, 1, 3)
-    # 5 * 0.5 = 2.5 rounds half up to 3; never below 1 per mode
-    assert tucker.resolve_ranks(0.25, (5, 4)) == (3, 2)
-    assert tucker.resolve_ranks(1e-6, (8, 8, 8)) == (1, 1, 1)
+    # (2, 2) = 20% of (5, 4); (3, 2) = 30% is as far: ties stay below
+    assert tucker.resolve_ranks(0.25, (5, 4)) == (2, 2)
+    assert tucker.resolve_ranks(1e-6, (8, 8, 8)) == (1, 1, 1)  # never below 1 per mode
     assert tucker.resolve_ranks(1.0, (7, 3, 2)) == (7, 3, 2)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 32, 17), (16, 16, 8, 5), (32, 32, 16, 9), (33, 7), (5, 5, 5)])
+@pytest.mark.parametrize("f", [0.01, 0.1, 0.25, 0.5, 0.75, 0.9])
+def test_fraction_rank_is_nearest_among_the_even_cores_around_the_target(shape, f):
+    ranks = tucker.resolve_ranks(f, shape)
+    target = f * math.prod(shape)
+    kept = math.prod(ranks)
+    steps_up = [kept // r * (r + 1) for r, n in zip(ranks, shape, strict=True) if r < n]
+    steps_down = [kept // r * (r - 1) for r in ranks if r > 1]
+    if kept <= target:  # as large as fits: no mode can grow within the target
+        assert all(up > target for up in steps_up), ranks
+    else:  # one step over, taken because it is nearer than the core one step below it
+        below = max(d for d in steps_down if d <= target)
+        assert kept - target < target - below, ranks
 
 
 def test_fraction_rank_keeps_about_that_fraction_of_elements():
