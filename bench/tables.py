@@ -731,7 +731,8 @@ def sweep_table(res: Results) -> list[str]:
         "",
         "Tensor-GaLore's rank r keeps the fraction of each spectral weight's entries nearest r that evenly spread "
         "per-mode ranks reach (at least 1 per mode; `tucker.resolve_ranks`); GaLore d=k keeps r of the smaller side "
-        "of the matrix view (first k modes as rows), so where that side is a short mode (e.g. the last mode of 5 frequencies for d=3) every r below 0.3 gives rank 1.",
+        "of the matrix view (first k modes as rows), so where that side is a short mode (e.g. the last mode of 5 "
+        "frequencies for d=3) every r below 0.3 gives rank 1.",
     ]
     return lines
 
