@@ -11,9 +11,12 @@ train: bootstrap
 test: bootstrap
 	.venv/bin/python -m pytest
 
-bench: bootstrap
+bench: bootstrap  # every section of BENCHMARKS.md (about 45 minutes on a 2-core CPU)
 	.venv/bin/python -m bench.optim_bench
 	.venv/bin/python -m bench.memory_bench
+	.venv/bin/python -m bench.tensorgrad_bench
+	.venv/bin/python -m bench.defaults_study
+	.venv/bin/python -m bench.tables --quick
 
 lint: bootstrap
 	.venv/bin/ruff check app datamodules callbacks bench tests
