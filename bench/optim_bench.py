@@ -309,9 +309,8 @@ def render(rows: list[dict], study: dict | None, device: torch.device, command: 
             + ", ".join(f"{task} {wins(task, 'reset', 'project')}" for task in ("lsq", "fno"))
             + " seeds and AdamW on "
             + ", ".join(f"{task} {wins(task, 'reset', 'adamw')}" for task in ("lsq", "fno"))
-            + ". Details in `bench/optim_bench.py` (`lsq_task`, `fno_task`). Default: `reset` (clearly the best "
-            "on the FNO, a few percent behind `project` on least squares; `keep` misaligns coordinates after a "
-            "refresh).",
+            + ". Details in `bench/optim_bench.py` (`lsq_task`, `fno_task`). Default: `reset`, the best on the "
+            "FNO task when it was chosen and in the run above; `keep` misaligns coordinates after a refresh.",
         ]
     return "\n".join(lines) + "\n"
 
