@@ -29,7 +29,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -608,13 +608,14 @@ def time_methods(
     those per-round ratios, the spread the load leaves). Then each method with subspaces
     runs ``refresh_repeats`` pairs (an ordinary step, then a step with a requested refresh); ``refresh_extra_s`` is
     the median difference within the pairs, and ``refresh_share`` the share of training time refreshes take at
-    ``update_proj_gap`` (see :func:`refresh_share`). No timed step triggers an automatic refresh (``warmup +
-    rounds * steps`` stays below the gap).
+    ``update_proj_gap`` (see :func:`refresh_share`). The optimizers are built without automatic refreshes, so
+    no ordinary timed step includes one whatever ``rounds * steps``.
     """
     x, y = data.train_x[:batch_size], data.train_y[:batch_size]
     runs = {}
+    no_auto_refresh = replace(hp, update_proj_gap=10**9)  # refreshes are timed separately, below
     for m in methods:
-        module, opt, _ = build(data, m, hp, seed, 1)
+        module, opt, _ = build(data, m, no_auto_refresh, seed, 1)
         runs[m.key] = (module, opt)
 
     def one_step(module, opt) -> float:

@@ -188,9 +188,31 @@ def tensor_galore_adamw(
     is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
     update of a projected parameter is multiplied by ``scale``. ``complex_norm`` is the convention of
     :func:`rms_divisor` for complex gradients. Full-tensor updates use exactly the operations of
-    ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits).
+    ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits); full-tensor real
+    parameters are updated together with ``torch._foreach_*`` ops (one call per operation instead of one per
+    parameter: the same elementwise kernels, so the same bits, with less Python overhead).
     """
+    dense: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (g, fs) in enumerate(zip(grads, factors, strict=True)):
+        if fs is None and not g.is_complex() and not params[i].is_complex():
+            dense.setdefault((params[i].device, params[i].dtype), []).append(i)
+    for idx in dense.values():
+        _dense_adamw_foreach(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx],
+            [bias_steps[i] for i in idx],
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+        )
+    done = {i for idx in dense.values() for i in idx}
     for i, param in enumerate(params):
+        if i in done:
+            continue
         grad, exp_avg, exp_avg_sq, fs = grads[i], exp_avgs[i], exp_avg_sqs[i], factors[i]
         step = bias_steps[i]
         if weight_decay != 0 and fs is None:
@@ -213,6 +235,31 @@ def tensor_galore_adamw(
         else:
             update = tucker.project_back(direction, fs).reshape(param.shape)
             param.mul_(decay).add_(update, alpha=-step_size * scale)
+
+
+def _dense_adamw_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    bias_steps: list[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> None:
+    """AdamW on full real tensors of one device and dtype: the single-tensor path's operations, as foreach ops."""
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [(1 - beta2**t) ** 0.5 for t in bias_steps])
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-(lr / (1 - beta1**t)) for t in bias_steps])
 
 
 # ------------------------------------------------------------------------------------------ optimizer
@@ -242,6 +289,22 @@ class _Work:
             self.grad_norm_sq = tucker.norm_sq(self.grad)
             return self.grad_norm_sq
         return tucker.norm_sq(self.grad)
+
+
+def _finiteness_probes(items: list[_Work]) -> list[Tensor]:
+    """``it.finiteness_probe()`` for every item, in order; the full-tensor gradients of each device and dtype are
+    reduced by one ``torch._foreach_norm`` call (squared and cast like :func:`tucker.norm_sq`)."""
+    probes: list[Tensor | None] = [None] * len(items)
+    plain: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, it in enumerate(items):
+        if it.core is None and not it.refresh and not it.grad.is_complex() and it.grad.dtype == torch.float32:
+            plain.setdefault((it.grad.device, it.grad.dtype), []).append(i)
+        else:
+            probes[i] = it.finiteness_probe()
+    for idx in plain.values():
+        for i, norm in zip(idx, torch._foreach_norm([items[i].grad for i in idx]), strict=True):
+            probes[i] = norm.square()
+    return probes  # type: ignore[return-value]
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -684,7 +747,7 @@ class TensorGaLoreAdamW(Optimizer):
         if not items:
             return True
         device = items[0].grad.device
-        flags = torch.isfinite(torch.stack([it.finiteness_probe().to(device) for it in items]))
+        flags = torch.isfinite(torch.stack([p.to(device) for p in _finiteness_probes(items)]))
         if bool(flags.all()):  # the one device-to-host read of a step
             return True
         bad = [items[i] for i in torch.nonzero(~flags.cpu()).flatten().tolist()]

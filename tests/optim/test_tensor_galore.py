@@ -141,6 +141,22 @@ def test_real_full_tensor_groups_match_torch_adamw_bit_for_bit(weight_decay):
         assert torch.equal(opt.state[a]["exp_avg_sq"], torch_opt.state[b]["exp_avg_sq"])
 
 
+def test_full_tensor_real_groups_of_mixed_dtypes_match_torch_adamw_bit_for_bit():
+    """Full real tensors are updated with foreach ops grouped by device and dtype; mixed dtypes and a complex
+    parameter in the same group keep their own results."""
+    ours = [_param((5, 3), torch.float32), _param((4,), torch.float64, seed=1), _param((3, 2), torch.float32, seed=2)]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    c = _param((3, 3), seed=3)
+    opt = TensorGaLoreAdamW(ours + [c], **kw)
+    torch_opt = torch.optim.AdamW(ref, foreach=False, **kw)
+    grads = [_grads(p.shape, 5, p.dtype, seed=20 + i) for i, p in enumerate(ours)]
+    _run(opt, ours + [c], grads + [_grads((3, 3), 5, seed=30)])
+    _run(torch_opt, ref, grads)
+    for a, b in zip(ours, ref, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 def test_complex_full_tensor_second_moment_is_real_abs_sq():
     p = _param((4, 3))
     g = torch.tensor([[3 + 4j] * 3] * 4, dtype=torch.complex64)
