@@ -156,7 +156,7 @@ def sparse_adamw(
 
     ``values[i]`` are the gradient's sparse entries at ``indices[i]``; ``exp_avgs[i]`` (dtype of the values) and
     ``exp_avg_sqs[i]`` (real, ``|g|^2``) are the moments of those entries, updated in place with the bias
-    corrections of step ``bias_steps[i]``; ``complex_norm`` as in ``tensor_galore.rms_divisor``. No weight
+    corrections of step ``bias_steps[i]``; ``complex_norm`` as in :func:`tucker.rms_divisor`. No weight
     decay (the caller applies it once to the whole parameter).
     """
     for param, g, index, m, v, step in zip(params, values, indices, exp_avgs, exp_avg_sqs, bias_steps, strict=True):
@@ -164,7 +164,7 @@ def sparse_adamw(
         v.mul_(beta2).add_(abs_sq(g), alpha=1 - beta2)
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
-        c = 2.0 if g.is_complex() and complex_norm == "component" else 1.0
+        c = tucker.rms_divisor(g.is_complex(), complex_norm)
         denom = (v.sqrt() / (bias_correction2 * c) ** 0.5).add_(eps)
         update = m / denom
         alpha = -lr * scale / bias_correction1

@@ -146,17 +146,6 @@ def projection_layout(
 # ------------------------------------------------------------------------------------------ functional kernel
 
 
-def rms_divisor(complex_grad: bool, complex_norm: str) -> float:
-    """The factor ``c`` in Adam's denominator ``sqrt(V_hat / c) + eps``, where ``V`` tracks ``|g|^2``.
-
-    ``"element"`` (``c = 1``, the paper's Algorithm 1): a complex entry is one coordinate; its step has modulus
-    about ``lr``. ``"component"`` (``c = 2`` for complex gradients): ``|g|^2 / 2`` is the mean square of the real
-    and imaginary parts, so each real part moves about ``lr``, like ``torch.optim.AdamW`` on ``view_as_real``
-    (which keeps two second moments per entry where this keeps one). Real gradients: always 1.
-    """
-    return 2.0 if complex_grad and complex_norm == "component" else 1.0
-
-
 def _ema_abs_sq_(v: Tensor, g: Tensor, beta2: float) -> None:
     """``v = beta2 * v + (1 - beta2) * |g|^2`` in place; real ``v``; the real case is torch.optim.AdamW's ops."""
     if g.is_complex():
@@ -187,14 +176,14 @@ def tensor_galore_adamw(
     list (the parameter's layout view has ``len(factors[i])`` modes), else the full gradient. ``bias_steps[i]``
     is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
     update of a projected parameter is multiplied by ``scale``. ``complex_norm`` is the convention of
-    :func:`rms_divisor` for complex gradients. Full-tensor updates use exactly the operations of
+    :func:`tucker.rms_divisor` for complex gradients. Full-tensor updates use exactly the operations of
     ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits); full-tensor real
     parameters are updated together with ``torch._foreach_*`` ops (one call per operation instead of one per
     parameter: the same elementwise kernels, so the same bits, with less Python overhead).
     """
     dense: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, (g, fs) in enumerate(zip(grads, factors, strict=True)):
-        if fs is None and not g.is_complex() and not params[i].is_complex():
+    for i, fs in enumerate(factors):
+        if fs is None and not params[i].is_complex():
             dense.setdefault((params[i].device, params[i].dtype), []).append(i)
     for idx in dense.values():
         _dense_adamw_foreach(
@@ -222,8 +211,8 @@ def tensor_galore_adamw(
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         step_size = lr / bias_correction1
-        c = rms_divisor(grad.is_complex(), complex_norm)
-        denom = (exp_avg_sq.sqrt() / (bias_correction2 if c == 1.0 else bias_correction2 * c) ** 0.5).add_(eps)
+        c = tucker.rms_divisor(grad.is_complex(), complex_norm)
+        denom = (exp_avg_sq.sqrt() / (bias_correction2 * c) ** 0.5).add_(eps)  # c = 1: x * 1.0 is exact
         if fs is None:
             param.addcdiv_(exp_avg, denom, value=-step_size)
             continue
@@ -292,13 +281,13 @@ class _Work:
 
 
 def _finiteness_probes(items: list[_Work]) -> list[Tensor]:
-    """``it.finiteness_probe()`` for every item, in order; the full-tensor gradients of each device and dtype are
+    """``it.finiteness_probe()`` for every item, in order; the float32 full-tensor gradients of each device are
     reduced by one ``torch._foreach_norm`` call (squared and cast like :func:`tucker.norm_sq`)."""
     probes: list[Tensor | None] = [None] * len(items)
-    plain: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    plain: dict[torch.device, list[int]] = {}  # float32 full-tensor gradients, by device
     for i, it in enumerate(items):
-        if it.core is None and not it.refresh and not it.grad.is_complex() and it.grad.dtype == torch.float32:
-            plain.setdefault((it.grad.device, it.grad.dtype), []).append(i)
+        if it.core is None and not it.refresh and it.grad.dtype == torch.float32:
+            plain.setdefault(it.grad.device, []).append(i)
         else:
             probes[i] = it.finiteness_probe()
     for idx in plain.values():
@@ -415,7 +404,7 @@ class TensorGaLoreAdamW(Optimizer):
             per entry). ``"element"``: divide by ``sqrt(V_hat)`` (the paper's Algorithm 1; a complex entry's step
             has modulus about ``lr``); ``"component"``: divide by ``sqrt(V_hat / 2)``, the RMS of the real and
             imaginary parts, so each part moves about ``lr`` as under ``torch.optim.AdamW`` (which views complex
-            tensors as real pairs); same memory, a factor sqrt(2) in the step. See :func:`rms_divisor`.
+            tensors as real pairs); same memory, a factor sqrt(2) in the step. See :func:`tucker.rms_divisor`.
 
     Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
 

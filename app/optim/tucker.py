@@ -182,6 +182,17 @@ def solve_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
+def rms_divisor(complex_grad: bool, complex_norm: str) -> float:
+    """The factor ``c`` in Adam's denominator ``sqrt(V_hat / c) + eps``, where ``V`` tracks ``|g|^2``.
+
+    ``"element"`` (``c = 1``, the paper's Algorithm 1): a complex entry is one coordinate; its step has modulus
+    about ``lr``. ``"component"`` (``c = 2`` for complex gradients): ``|g|^2 / 2`` is the mean square of the real
+    and imaginary parts, so each real part moves about ``lr``, like ``torch.optim.AdamW`` on ``view_as_real``
+    (which keeps two second moments per entry where this keeps one). Real gradients: always 1.
+    """
+    return 2.0 if complex_grad and complex_norm == "component" else 1.0
+
+
 def abs_sq(x: Tensor) -> Tensor:
     """``|x|^2`` as a real tensor: ``x*x`` for real ``x``, ``re^2 + im^2`` for complex ``x`` (no square root).
 
