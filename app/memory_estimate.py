@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from app.memory import tensor_bytes
-from app.optim import TensorGaLoreAdamW, moment_itemsizes, projection_layout, sparse_state_bytes
+from app.optim import TensorGaLoreAdamW, group_layout, moment_itemsizes, sparse_state_bytes
 
 __all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
 
 
 def _galore_param_state_bytes(p: torch.Tensor, group: dict, refreshes: int = 1) -> int:
-    layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
+    layout = group_layout(p, group)
     itemsize = p.element_size()
     first, second = moment_itemsizes(p.dtype, group)  # TensorGRaDAdamW may keep moments in bfloat16
     if layout is None:
@@ -45,7 +45,9 @@ def _galore_param_state_bytes(p: torch.Tensor, group: dict, refreshes: int = 1) 
     counters = 4 + 4 + 8 + 8  # step (float32), energy (float32), last_refresh and refreshes (int64)
     overlap = 4 * len(view) if refreshes >= 2 else 0  # float32 per mode, written from the second refresh on
     sparse = sparse_state_bytes(p.numel(), p.dtype, group)  # TensorGRaDAdamW: indices + sparse moments
-    return core * (first + second) + factors + spectra + counters + overlap + sparse
+    real_itemsize = p.element_size() // (2 if p.is_complex() else 1)
+    residual = real_itemsize if group.get("residual", "none") != "none" else 0  # residual_norm (0-d, real dtype)
+    return core * (first + second) + factors + spectra + counters + overlap + sparse + residual
 
 
 def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> int:

@@ -64,7 +64,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
 from app.memory import adamw_state_bytes
-from app.optim import projection_layout
+from app.optim import group_layout
 
 from .schedules import RankSchedule, rank_at, refresh_due, schedule_for
 
@@ -444,7 +444,7 @@ class SubspaceScheduler(Callback):
             p = group["params"][e["index"]]
             sched = schedule_for(self._name(opt, e["group"]), self.rank_overrides, self.rank)
             cap_spec = 1.0 if sched is None else rank_at(sched, step, epoch)
-            caps = projection_layout(p.shape, cap_spec, group["proj"], group["rollup"])[1]
+            caps = group_layout(p, group, cap_spec)[1]
             spectra = []
             for s in e["spectra"]:
                 spectra.append(None if s is None else values[pos : pos + s.numel()])
@@ -465,7 +465,8 @@ class SubspaceScheduler(Callback):
         out = {}
         for e, r in zip(entries, ranks, strict=True):
             projected = [x for x in r if x is not None]
-            out[e["group"]] = projected[0] if len(projected) == 1 and len(r) == 2 else [int(x) for x in r]
+            per_mode = [None if x is None else int(x) for x in r]  # None: a mode the layout leaves unprojected
+            out[e["group"]] = projected[0] if len(projected) == 1 and len(r) == 2 else per_mode
             log.info("step %d: %s ranks %s", step, self._name(opt, e["group"]), out[e["group"]])
         return out
 
@@ -477,11 +478,7 @@ class SubspaceScheduler(Callback):
             for p in group["params"]:
                 if not p.requires_grad:
                     continue
-                layout = (
-                    projection_layout(p.shape, group["rank"], group["proj"], group["rollup"])
-                    if group.get("galore")
-                    else None
-                )
+                layout = group_layout(p, group)
                 if layout is None:
                     total += 4 + 8 + p.numel() * (p.element_size() + _real_size(p))
                     continue

@@ -91,11 +91,14 @@ def test_activation_estimate_is_close_to_the_cuda_peak():
     assert est.activations <= peak <= 3 * est.activations + est.grads
 
 
-def test_state_prediction_after_the_second_refresh_counts_the_drift_diagnostic_exactly():
+@pytest.mark.parametrize("residual, proj_modes", [("none", None), ("scaled", None), ("none", (0, 1))])
+def test_state_prediction_after_the_second_refresh_counts_the_drift_diagnostic_exactly(residual, proj_modes):
     from app.memory_estimate import predict_state_bytes
 
     m = _model()
-    opt = TensorGaLoreAdamW(split_param_groups(m), rank=0.25, update_proj_gap=1)
+    opt = TensorGaLoreAdamW(
+        split_param_groups(m), rank=0.25, update_proj_gap=1, residual=residual, proj_modes=proj_modes
+    )
     for _ in range(2):  # gap 1: both steps refresh
         opt.zero_grad()
         m(torch.randn(2, 1, 16, 16)).pow(2).mean().backward()

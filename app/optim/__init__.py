@@ -7,6 +7,7 @@ Plain PyTorch (tensorly only for the reference solver); imports neither Lightnin
 from .tensor_galore import (
     NonFiniteGradientError,
     TensorGaLoreAdamW,
+    group_layout,
     projection_layout,
     tensor_galore_adamw,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "NonFiniteGradientError",
     "tensor_galore_adamw",
     "projection_layout",
+    "group_layout",
     "resolve_ranks",
     "hosvd",
     "hooi",

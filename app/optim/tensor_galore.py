@@ -23,7 +23,9 @@ State per projected parameter (plain tensors, so ``torch.load(weights_only=True)
 Gram eigenvalues of the last refresh, for rank selection and diagnostics), ``energy`` (0-d float32: captured
 energy ``||R||^2 / ||G||^2`` at the last refresh), ``overlap`` (per mode, float32: subspace drift at the last
 refresh, from the second refresh on), ``last_refresh`` and ``refreshes`` (0-d int64, host) and,
-after a skipped non-finite step, ``nonfinite_skips`` (0-d int64, host). The ranks are the factors' shapes.
+after a skipped non-finite step, ``nonfinite_skips`` (0-d int64, host); with ``residual="scaled"``,
+``residual_norm`` (0-d, the parameter's real dtype: the last residual-update norm, for the growth limiter).
+The ranks are the factors' shapes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .matrix import matrix_ranks, matrix_shape
 
 __all__ = [
     "TensorGaLoreAdamW",
+    "group_layout",
     "NonFiniteGradientError",
     "tensor_galore_adamw",
     "projection_layout",
@@ -59,6 +62,7 @@ _SOLVERS = ("hosvd", "hooi", "tensorly")
 _REFRESH_MOMENTS = ("keep", "project", "reset")
 _NONFINITE = ("error", "skip")
 _COMPLEX_NORM = ("element", "component")
+_RESIDUAL = ("none", "scaled")
 # state entries kept on the host (like torch's ``step``): read for refresh decisions without a device sync
 _HOST_KEYS = frozenset({"step", "last_refresh", "refreshes", "nonfinite_skips"})
 
@@ -111,6 +115,7 @@ def _check_options(group: dict[str, Any]) -> None:
             "to refresh only at the first step and on request_refresh()"
         )
     _check_choice("proj", group["proj"], _PROJ)
+    tucker.check_modes(group["proj_modes"])
     if not tucker._is_int(group["rollup"]) or group["rollup"] < 1:
         raise ValueError(
             f"rollup={group['rollup']!r} is invalid: use an int >= 1 (leading modes rolled into the "
@@ -122,25 +127,50 @@ def _check_options(group: dict[str, Any]) -> None:
     _check_choice("refresh_moments", group["refresh_moments"], _REFRESH_MOMENTS)
     _check_choice("nonfinite", group["nonfinite"], _NONFINITE)
     _check_choice("complex_norm", group["complex_norm"], _COMPLEX_NORM)
+    _check_choice("residual", group["residual"], _RESIDUAL)
+    limit = group["residual_limit"]
+    if limit is not None:
+        _check_real("residual_limit", limit, 1.0, "1.01", strict=True)
 
 
 def projection_layout(
-    shape: Sequence[int], rank: tucker.RankSpec, proj: str = "tucker", rollup: int = 1
+    shape: Sequence[int],
+    rank: tucker.RankSpec,
+    proj: str = "tucker",
+    rollup: int = 1,
+    proj_modes: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int | None, ...]] | None:
     """How a parameter of ``shape`` is projected: ``(view_shape, ranks)`` or ``None`` (not projected).
 
     * ``ndim <= 1``: ``None`` (full-tensor Adam; there is nothing to project);
-    * ``proj="tucker"`` and ``ndim >= 3``: the tensor itself, one rank per mode (:func:`tucker.resolve_ranks`);
+    * ``proj="tucker"`` and ``ndim >= 3``: the tensor itself, one rank per mode (:func:`tucker.resolve_ranks`;
+      ``None`` for modes outside ``proj_modes``);
     * ``proj="matrix"``, or any 2-D parameter: the ``(m, n)`` matrix view of :func:`matrix.matrix_shape` with
-      ``rollup`` and a rank on its smaller side only (:func:`matrix.matrix_ranks`).
+      ``rollup`` and a rank on its smaller side only (:func:`matrix.matrix_ranks`; ``proj_modes`` is ignored).
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) <= 1:
         return None
     if proj == "tucker" and len(shape) >= 3:
-        return shape, tucker.resolve_ranks(rank, shape)
+        return shape, tucker.resolve_ranks(rank, shape, proj_modes)
     view = matrix_shape(shape, rollup)
     return view, matrix_ranks(rank, view)
+
+
+def group_layout(
+    p: Tensor, group: dict[str, Any], rank: tucker.RankSpec | None = None
+) -> tuple[tuple[int, ...], tuple[int | None, ...]] | None:
+    """:func:`projection_layout` of parameter ``p`` under the options of param group ``group`` (``rank``
+    overrides the group's rank); ``None`` when the group is not projected."""
+    if not group.get("galore"):
+        return None
+    return projection_layout(
+        p.shape,
+        group["rank"] if rank is None else rank,
+        group["proj"],
+        group["rollup"],
+        group.get("proj_modes"),
+    )
 
 
 # ------------------------------------------------------------------------------------------ functional kernel
@@ -169,6 +199,9 @@ def tensor_galore_adamw(
     weight_decay: float,
     scale: float,
     complex_norm: str = "element",
+    residual_grads: list[Tensor | None] | None = None,
+    residual_norms: list[Tensor | None] | None = None,
+    residual_limit: float | None = None,
 ) -> None:
     """One AdamW update per parameter, in a projected space where ``factors[i]`` is given.
 
@@ -180,6 +213,13 @@ def tensor_galore_adamw(
     ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits); full-tensor real
     parameters are updated together with ``torch._foreach_*`` ops (one call per operation instead of one per
     parameter: the same elementwise kernels, so the same bits, with less Python overhead).
+
+    Residual step (``residual="scaled"`` in :class:`TensorGaLoreAdamW`): where ``residual_grads[i]`` is the full
+    gradient ``G`` (in the layout view) of a projected parameter, the part of ``G`` outside the subspace,
+    ``G - back(core)``, is added to the update with the norm ratio ``phi = ||D|| / ||core||`` of this step's
+    Adam direction ``D`` (``M_hat / (sqrt(V_hat) + eps)`` in the core) to the core gradient, capped by
+    ``residual_limit`` against ``residual_norms[i]`` (the last step's residual-update norm, a 0-d tensor of the
+    parameter's real dtype updated in place; 0 means no cap). See ``residual`` in :class:`TensorGaLoreAdamW`.
     """
     dense: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, fs in enumerate(factors):
@@ -219,11 +259,45 @@ def tensor_galore_adamw(
         direction = exp_avg / denom
         view = [direction.shape[k] if u is None else u.shape[0] for k, u in enumerate(fs)]
         decay = 1 - lr * weight_decay
+        full = None if residual_grads is None else residual_grads[i]
+        alpha = -step_size * scale
+        if full is not None:  # lr * back(scale * D - phi * core) + lr * phi * G: one back-projection for both
+            phi = _residual_ratio(direction, grad, full, residual_norms[i], bias_correction1, residual_limit)
+            direction = direction.mul_(step_size * scale).sub_(grad * (lr * phi).to(grad.dtype))
+            alpha = -1.0
         if param.is_contiguous():  # decay and update in one pass, the last mode product writing into param
-            tucker.add_project_back_(param.view(view), direction, fs, alpha=-step_size * scale, beta=decay)
+            tucker.add_project_back_(param.view(view), direction, fs, alpha=alpha, beta=decay)
+            target = param.view(view)
         else:
             update = tucker.project_back(direction, fs).reshape(param.shape)
-            param.mul_(decay).add_(update, alpha=-step_size * scale)
+            param.mul_(decay).add_(update, alpha=alpha)
+            target = param
+        if full is not None:
+            target.sub_(full.reshape(target.shape) * (lr * phi).to(full.dtype))
+
+
+def _residual_ratio(
+    direction: Tensor, core: Tensor, full: Tensor, last_norm: Tensor, bias_correction1: float, limit: float | None
+) -> Tensor:
+    """``phi`` (0-d tensor of the gradient's real dtype, no host sync) of the residual step; writes this step's
+    residual-update norm ``phi * ||G - back(core)||`` into ``last_norm``. ``||G - back(core)||^2 = ||G||^2 -
+    ||core||^2`` because the factors are orthonormal, so the residual itself is never formed. A zero core
+    gradient gives ``phi = 0``."""
+
+    def sq(x: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(torch.view_as_real(x) if x.is_complex() else x).square()
+
+    core_sq = sq(core)
+    d_norm = sq(direction).sqrt() / bias_correction1
+    tiny = torch.finfo(core_sq.dtype).tiny
+    phi = torch.where(core_sq > 0, d_norm / core_sq.sqrt().clamp_min(tiny), torch.zeros_like(core_sq))
+    res_norm = phi * (sq(full) - core_sq).clamp_min(0).sqrt()
+    if limit is not None:  # Fira's norm-growth limiter: the residual update grows at most by ``limit`` per step
+        cap = limit * last_norm
+        shrink = torch.where((last_norm > 0) & (res_norm > cap), cap / res_norm.clamp_min(tiny), torch.ones_like(phi))
+        phi, res_norm = phi * shrink, res_norm * shrink
+    last_norm.copy_(res_norm)
+    return phi
 
 
 def _dense_adamw_foreach(
@@ -361,7 +435,10 @@ class TensorGaLoreAdamW(Optimizer):
       ``(47, 45, 22, 12)``, 25.1%; ``(16, 16, 8, 5)`` -> ``(12, 11, 5, 4)``, 25.8%. On the matrix path, ``f`` of
       the smaller side.
     * int ``r``: ``min(r, n_k)`` for every mode (matrix path: for the smaller side).
-    * sequence: one entry per mode, an int (capped at ``n_k``) or a fraction of that mode (Tucker path only).
+    * sequence: one entry per mode, an int (capped at ``n_k``), a fraction of that mode, or None (the mode is not
+      projected) (Tucker path only).
+
+    With ``proj_modes``, only the listed modes are projected (see below) and the rules apply to them.
 
     Args:
         params: parameters or param-group dicts (a group may override any option below).
@@ -380,6 +457,13 @@ class TensorGaLoreAdamW(Optimizer):
         proj: ``"tucker"``: Tensor-GaLore, one factor per mode (``G x_k U_k^H``); ``"matrix"``: the GaLore
             baseline, a one-sided projection of the matrix view with ``rollup`` leading modes as rows.
             2-D parameters always use the matrix projection.
+        proj_modes: the modes the Tucker path projects (mode indices, negative ones from the end), or None for
+            every mode. The other modes are kept whole and unrotated (no factor, no mode product), and a float
+            ``rank`` is then reached on the projected modes alone: ``proj_modes=[0, 1]`` with ``rank=0.25`` on an
+            FNO spectral weight ``(in, out, m_1, m_2)`` compresses the channel modes to about half each
+            (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode, which trained as well as AdamW
+            where compressing all four modes to the same 25% did not (BENCHMARKS.md, defaults study).
+            Ignored by the matrix path.
         rollup: number of leading modes rolled up into the rows of the matrix view (``proj="matrix"``); capped
             at ``ndim - 1``.
         solver: ``"hosvd"``: sequentially truncated HOSVD through each mode's Gram matrix (``eigh``; fast, the
@@ -405,6 +489,17 @@ class TensorGaLoreAdamW(Optimizer):
             has modulus about ``lr``); ``"component"``: divide by ``sqrt(V_hat / 2)``, the RMS of the real and
             imaginary parts, so each part moves about ``lr`` as under ``torch.optim.AdamW`` (which views complex
             tensors as real pairs); same memory, a factor sqrt(2) in the step. See :func:`tucker.rms_divisor`.
+        residual: what happens to the part of a projected gradient outside the subspace, ``G - back(core)``.
+            ``"none"``: it is dropped (Tensor-GaLore, GaLore). ``"scaled"``: it is applied as a plain gradient
+            step scaled by ``phi = ||D|| / ||core||``, the ratio by which Adam rescaled this step's core gradient
+            into its direction ``D = M_hat / (sqrt(V_hat) + eps)`` (Fira's norm-based scaling, Chen et al. 2024,
+            with one ratio per tensor). The update becomes ``lr * (scale * back(D) + phi * (G - back(core)))``:
+            full-rank, still with core-sized moments. It costs one 4-byte norm per parameter of state, a few
+            norms and one extra pass over ``G`` per step, and no extra mode product (both parts go through one
+            back-projection). Not with TensorGRaD's sparse part (which takes entries of the same residual).
+        residual_limit: Fira's norm-growth limiter for ``residual="scaled"``: the residual update's norm may grow
+            by at most this factor per step (> 1; None: no limit); it stops a sudden large residual (e.g. a loss
+            spike) from moving the weights by more than Adam's own step would.
 
     Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
 
@@ -423,16 +518,19 @@ class TensorGaLoreAdamW(Optimizer):
         weight_decay: float = 0.0,
         *,
         galore: bool = False,
-        rank: int | float | Sequence[int | float] = 0.25,
+        rank: int | float | Sequence[int | float | None] = 0.25,
         update_proj_gap: int | None = 200,
         scale: float = 1.0,
         proj: Literal["tucker", "matrix"] = "tucker",
+        proj_modes: Sequence[int] | None = None,
         rollup: int = 1,
         solver: Literal["hosvd", "hooi", "tensorly"] = "hosvd",
         solver_iters: int = 1,
         refresh_moments: Literal["keep", "project", "reset"] = "reset",
         nonfinite: Literal["error", "skip"] = "error",
         complex_norm: Literal["element", "component"] = "component",
+        residual: Literal["none", "scaled"] = "none",
+        residual_limit: float | None = 1.01,
     ) -> None:
         if isinstance(betas, list):
             betas = tuple(betas)
@@ -446,12 +544,15 @@ class TensorGaLoreAdamW(Optimizer):
             update_proj_gap=update_proj_gap,
             scale=scale,
             proj=proj,
+            proj_modes=tuple(proj_modes) if isinstance(proj_modes, list) else proj_modes,
             rollup=rollup,
             solver=solver,
             solver_iters=solver_iters,
             refresh_moments=refresh_moments,
             nonfinite=nonfinite,
             complex_norm=complex_norm,
+            residual=residual,
+            residual_limit=residual_limit,
             refresh_pending=False,
         )
         _check_options(defaults)
@@ -462,6 +563,9 @@ class TensorGaLoreAdamW(Optimizer):
         for group in self.param_groups:  # options added after the first release get their defaults here
             group.setdefault("refresh_pending", False)
             group.setdefault("complex_norm", "element")  # state dicts saved before the option: their behaviour
+            group.setdefault("proj_modes", None)
+            group.setdefault("residual", "none")
+            group.setdefault("residual_limit", 1.01)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (filled from ``defaults``) after validating its options and its parameters' ranks."""
@@ -482,7 +586,7 @@ class TensorGaLoreAdamW(Optimizer):
             return
         for i, p in enumerate(group["params"]):
             try:
-                projection_layout(p.shape, group["rank"] if rank is None else rank, group["proj"], group["rollup"])
+                group_layout(p, group, rank)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"param_groups[{group_idx}] {_param_name(group, i)}: {err}") from None
 
@@ -507,7 +611,7 @@ class TensorGaLoreAdamW(Optimizer):
         for group in self._groups(group_idx):
             group["refresh_pending"] = True
 
-    def set_rank(self, rank: int | float | Sequence[int | float], group_idx: int | None = None) -> None:
+    def set_rank(self, rank: int | float | Sequence[int | float | None], group_idx: int | None = None) -> None:
         """Set ``group["rank"]`` of one group (or all); it applies at each parameter's next refresh.
 
         The spec is validated against every projected parameter first; nothing changes if it is invalid.
@@ -599,7 +703,7 @@ class TensorGaLoreAdamW(Optimizer):
                 continue
             for pi, p in enumerate(group["params"]):
                 state = self.state.get(p, {})
-                layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"])
+                layout = group_layout(p, group)
                 if p.grad is None or layout is None or "step" not in state:
                     continue
                 factors = _factors_from_state(state, layout)
@@ -632,7 +736,7 @@ class TensorGaLoreAdamW(Optimizer):
             if not group["galore"]:
                 continue
             for pi, p in enumerate(group["params"]):
-                layout = projection_layout(p.shape, group["rank"], group["proj"], group["rollup"])
+                layout = group_layout(p, group)
                 if p.grad is None or layout is None:
                     continue
                 view, ranks = layout
@@ -702,9 +806,7 @@ class TensorGaLoreAdamW(Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("TensorGaLoreAdamW does not support sparse gradients")
-            layout = (
-                projection_layout(p.shape, group["rank"], group["proj"], group["rollup"]) if group["galore"] else None
-            )
+            layout = group_layout(p, group)
             if layout is None:
                 items.append(_Work(group_idx, pi, p, p.grad, None))
                 continue
@@ -774,7 +876,10 @@ class TensorGaLoreAdamW(Optimizer):
 
     def _update_group(self, group: dict[str, Any], items: list[_Work]) -> None:
         params, grads, exp_avgs, exp_avg_sqs, factors, bias_steps = [], [], [], [], [], []
+        residual_grads: list[Tensor | None] = []
+        residual_norms: list[Tensor | None] = []
         reset = group["refresh_moments"] == "reset"
+        residual = group["residual"] == "scaled"
         for it in items:
             p, state = it.param, self.state[it.param]
             if "step" not in state:
@@ -795,6 +900,14 @@ class TensorGaLoreAdamW(Optimizer):
             exp_avg_sqs.append(state["exp_avg_sq"])
             factors.append(fs)
             bias_steps.append(step - float(state["last_refresh"]) if (reset and fs is not None) else step)
+            if residual and fs is not None:
+                if "residual_norm" not in state:
+                    state["residual_norm"] = torch.zeros((), dtype=_real_dtype(p.dtype), device=p.device)
+                residual_grads.append(it.grad)
+                residual_norms.append(state["residual_norm"])
+            else:
+                residual_grads.append(None)
+                residual_norms.append(None)
         if params:
             beta1, beta2 = group["betas"]
             tensor_galore_adamw(
@@ -811,6 +924,9 @@ class TensorGaLoreAdamW(Optimizer):
                 weight_decay=group["weight_decay"],
                 scale=group["scale"],
                 complex_norm=group["complex_norm"],
+                residual_grads=residual_grads if residual else None,
+                residual_norms=residual_norms if residual else None,
+                residual_limit=group["residual_limit"],
             )
 
     @staticmethod

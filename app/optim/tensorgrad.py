@@ -98,6 +98,11 @@ def _check_tensorgrad_options(group: dict[str, Any]) -> None:
         raise ValueError(f"seed={seed!r} is invalid: use an int >= 0, e.g. seed=0")
     _check_choice("moment_dtype", group["moment_dtype"], _MOMENT_DTYPES)
     _check_choice("moment_rounding", group["moment_rounding"], _ROUNDINGS)
+    if group.get("residual", "none") != "none" and group["sparse_ratio"] > 0:
+        raise ValueError(
+            f"residual={group['residual']!r} with sparse_ratio={ratio!r}: the sparse part and the residual step "
+            "both apply the gradient outside the subspace; use residual='none' or sparse_ratio=0"
+        )
 
 
 def moment_itemsizes(dtype: torch.dtype, group: dict[str, Any]) -> tuple[int, int]:
@@ -130,8 +135,9 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
     dimensions); other parameters get full-tensor AdamW. ``sparse_ratio=0`` gives Tensor-GaLore itself.
 
     Args:
-        params, lr, betas, eps, weight_decay, galore, rank, update_proj_gap, scale, proj, rollup, solver,
-            solver_iters, refresh_moments, nonfinite, complex_norm: as in :class:`TensorGaLoreAdamW`
+        params, lr, betas, eps, weight_decay, galore, rank, update_proj_gap, scale, proj, proj_modes, rollup, solver,
+            solver_iters, refresh_moments, nonfinite, complex_norm, residual, residual_limit: as in
+            :class:`TensorGaLoreAdamW` (``residual="scaled"`` needs ``sparse_ratio=0``)
             (``refresh_moments`` also decides what a refresh does to the sparse moments: zeroed, or carried over
             for kept positions).
         sparse_ratio: fraction of each projected parameter's entries in the sparse part, in [0, 1]; ``k =
@@ -166,16 +172,19 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
         weight_decay: float = 0.0,
         *,
         galore: bool = False,
-        rank: int | float | Sequence[int | float] = 0.2,
+        rank: int | float | Sequence[int | float | None] = 0.2,
         update_proj_gap: int | None = 200,
         scale: float = 1.0,
         proj: Literal["tucker", "matrix"] = "tucker",
+        proj_modes: Sequence[int] | None = None,
         rollup: int = 1,
         solver: Literal["hosvd", "hooi", "tensorly"] = "hosvd",
         solver_iters: int = 1,
         refresh_moments: Literal["keep", "project", "reset"] = "reset",
         nonfinite: Literal["error", "skip"] = "error",
         complex_norm: Literal["element", "component"] = "component",
+        residual: Literal["none", "scaled"] = "none",
+        residual_limit: float | None = 1.01,
         sparse_ratio: float = 0.05,
         sparse_type: Literal["topk", "randk"] = "topk",
         composition: Literal["lowrank_first", "sparse_first"] = "lowrank_first",
@@ -205,12 +214,15 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
             update_proj_gap=update_proj_gap,
             scale=scale,
             proj=proj,
+            proj_modes=proj_modes,
             rollup=rollup,
             solver=solver,
             solver_iters=solver_iters,
             refresh_moments=refresh_moments,
             nonfinite=nonfinite,
             complex_norm=complex_norm,
+            residual=residual,
+            residual_limit=residual_limit,
         )
         # The base constructor adds the initial groups before these options are defaults; fill and check them now
         # (groups added later are filled from ``defaults`` and checked by ``add_param_group``).

@@ -32,6 +32,7 @@ __all__ = [
     "norm_sq",
     "check_rank_spec",
     "resolve_ranks",
+    "projected_modes",
     "mode_gram",
     "mode_dot",
     "multi_mode_dot",
@@ -45,8 +46,9 @@ __all__ = [
     "solve_dtype",
 ]
 
-RankSpec = int | float | Sequence[int | float]
-"""A rank: int (per mode), float in (0, 1] (fraction of elements), or a per-mode sequence of ints/fractions."""
+RankSpec = int | float | Sequence[int | float | None]
+"""A rank: int (per mode), float in (0, 1] (fraction of elements), or a per-mode sequence of ints/fractions
+(``None``: the mode is not projected)."""
 
 
 class TuckerResult(NamedTuple):
@@ -102,8 +104,13 @@ def check_rank_spec(spec: object, name: str = "rank") -> None:
     if isinstance(spec, Sequence):
         if len(spec) == 0:
             raise ValueError(f"{name}={spec!r} is empty; give one rank per mode, e.g. [32, 32, 16, 9]")
+        if all(r is None for r in spec):
+            raise ValueError(
+                f"{name}={list(spec)!r} projects no mode; give at least one mode a rank, e.g. [8, 8, None, None]"
+            )
         for i, r in enumerate(spec):
-            _check_scalar_rank(r, f"{name}[{i}]")
+            if r is not None:
+                _check_scalar_rank(r, f"{name}[{i}]")
     else:
         _check_scalar_rank(spec, name)
 
@@ -138,8 +145,38 @@ def _fraction_ranks(f: float, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ranks)
 
 
-def resolve_ranks(spec: RankSpec, shape: Sequence[int]) -> tuple[int, ...]:
-    """Per-mode Tucker ranks for a tensor of ``shape``.
+def check_modes(modes: object, name: str = "proj_modes") -> None:
+    """Validate a projected-modes spec without a shape: ``None`` (every mode) or distinct ints (negative ones
+    count from the end)."""
+    if modes is None:
+        return
+    if isinstance(modes, (str, bytes, Tensor)) or not isinstance(modes, Sequence):
+        raise TypeError(f"{name}={modes!r} is invalid: use None (every mode) or a list of mode indices, e.g. [0, 1]")
+    if len(modes) == 0 or not all(_is_int(k) for k in modes):
+        raise ValueError(f"{name}={modes!r} is invalid: use a non-empty list of mode indices (ints), e.g. [0, 1]")
+
+
+def projected_modes(modes: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
+    """The sorted, non-negative projected modes of an ``ndim``-mode tensor (all for ``None``); raises
+    ``ValueError`` for an index out of range or a mode listed twice."""
+    if modes is None:
+        return tuple(range(ndim))
+    check_modes(modes)
+    out = []
+    for k in modes:
+        if not -ndim <= k < ndim:
+            raise ValueError(f"proj_modes={list(modes)!r}: mode {k} does not exist in a {ndim}-mode tensor")
+        out.append(int(k) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"proj_modes={list(modes)!r} lists a mode twice (for a {ndim}-mode tensor)")
+    return tuple(sorted(out))
+
+
+def resolve_ranks(spec: RankSpec, shape: Sequence[int], modes: Sequence[int] | None = None) -> tuple[int | None, ...]:
+    """Per-mode Tucker ranks for a tensor of ``shape`` (``None`` for a mode that is not projected).
+
+    ``modes``: the modes that may be projected (default: all; see :func:`projected_modes`); the others get
+    ``None`` and are kept whole and unrotated, and a float rank is then reached on the projected modes alone.
 
     * ``float f`` in (0, 1]: the core keeps the fraction of the elements nearest ``f`` that evenly spread ranks
       reach (:func:`_fraction_ranks`: from rank 1, +1 on the least-kept mode, ``r_n / n``, while the product
@@ -148,26 +185,44 @@ def resolve_ranks(spec: RankSpec, shape: Sequence[int]) -> tuple[int, ...]:
       ``(16, 16, 8, 5)`` gives ``(12, 11, 5, 4)`` (25.8%; the next lower choice, ``(11, 11, 5, 4)``, is 23.6%).
     * ``int r`` >= 1: ``min(r, n)`` for every mode.
     * sequence (one entry per mode): an int entry is ``min(r, n)``; a float entry ``f`` in (0, 1] is
-      ``clamp(floor(n * f + 0.5), 1, n)`` (round half up).
+      ``clamp(floor(n * f + 0.5), 1, n)`` (round half up); ``None`` leaves the mode unprojected. Entries of
+      modes outside ``modes`` are ignored (``None``).
 
     Raises ``TypeError``/``ValueError`` for anything else (bools, floats outside (0, 1], ints < 1, a sequence
-    whose length is not ``len(shape)``).
+    whose length is not ``len(shape)``, a sequence that projects none of ``modes``).
     """
     check_rank_spec(spec)
     shape = tuple(int(n) for n in shape)
+    keep = projected_modes(modes, len(shape))
     if isinstance(spec, Sequence):
         if len(spec) != len(shape):
             raise ValueError(
                 f"rank={list(spec)!r} has {len(spec)} entries but the tensor has {len(shape)} modes "
                 f"(shape {shape}); give one rank per mode or a single int/float"
             )
-        return tuple(
-            min(int(r), n) if _is_int(r) else min(max(_round_half_up(n * float(r)), 1), n)
-            for r, n in zip(spec, shape, strict=True)
+        out = tuple(
+            None
+            if r is None or k not in keep
+            else min(int(r), n)
+            if _is_int(r)
+            else min(max(_round_half_up(n * float(r)), 1), n)
+            for k, (r, n) in enumerate(zip(spec, shape, strict=True))
         )
+        if all(r is None for r in out):
+            raise ValueError(
+                f"rank={list(spec)!r} with proj_modes={list(keep)!r} projects no mode of shape {shape}; "
+                "give a projected mode a rank"
+            )
+        return out
     if _is_int(spec):
-        return tuple(min(int(spec), n) for n in shape)
-    return _fraction_ranks(float(spec), shape)
+        return tuple(min(int(spec), n) if k in keep else None for k, n in enumerate(shape))
+    sub = _fraction_ranks(float(spec), tuple(shape[k] for k in keep))
+    if len(keep) == len(shape):
+        return sub
+    out: list[int | None] = [None] * len(shape)
+    for k, r in zip(keep, sub, strict=True):
+        out[k] = r
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------- maths

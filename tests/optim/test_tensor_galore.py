@@ -90,6 +90,146 @@ def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
     np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-10)
 
 
+def _algorithm_1_with_residual(w0, grads, factors, *, lr, b1, b2, eps, wd, scale, c, limit):
+    """Algorithm 1 plus Fira's scaled residual, formed explicitly: ``W -= lr * (scale * back(N) + phi * (G -
+    back(R)))`` with ``phi = ||N|| / ||R||`` and the norm-growth limiter on ``||phi * (G - back(R))||``."""
+    w = w0.copy()
+    m = v = 0.0
+    last = 0.0
+    for t, g in enumerate(grads, start=1):
+        r = _mode_apply(g, [u.conj().T for u in factors])
+        m = b1 * m + (1 - b1) * r
+        v = b2 * v + (1 - b2) * (r * r.conj()).real
+        n = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t) / c) + eps)
+        residual = g - _mode_apply(r, factors)
+        phi = np.linalg.norm(n) / np.linalg.norm(r)
+        norm = phi * np.linalg.norm(residual)
+        if limit is not None and last > 0 and norm > limit * last:
+            phi, norm = phi * limit * last / norm, limit * last
+        last = norm
+        w = w * (1 - lr * wd) - lr * (scale * _mode_apply(n, factors) + phi * residual)
+    return w
+
+
+@pytest.mark.parametrize("limit", [None, 1.01])
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+def test_residual_step_matches_an_independent_float64_reference(dtype, limit):
+    shape, n_steps = (6, 5, 4, 3), 12
+    p = _param(shape, dtype)
+    w0 = p.detach().numpy().copy()
+    g = _gen(3)
+    # growing gradients, so that the limiter acts on most steps
+    grads = [torch.randn(shape, dtype=dtype, generator=g) * (1 + 0.5 * t) for t in range(n_steps)]
+    hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
+    opt = TensorGaLoreAdamW(
+        [p],
+        lr=hp["lr"],
+        betas=(hp["b1"], hp["b2"]),
+        eps=hp["eps"],
+        weight_decay=hp["wd"],
+        galore=True,
+        rank=0.3,
+        scale=hp["scale"],
+        update_proj_gap=None,
+        residual="scaled",
+        residual_limit=limit,
+    )
+    _run(opt, [p], [grads])
+    state = opt.state[p]
+    factors = [state[f"factor_{k}"].numpy() for k in range(4)]
+    c = 2.0 if dtype.is_complex else 1.0
+    expected = _algorithm_1_with_residual(w0, [x.numpy() for x in grads], factors, **hp, c=c, limit=limit)
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-10)
+    assert state["residual_norm"].dtype == torch.float64 and float(state["residual_norm"]) > 0
+    without = _algorithm_1(w0, [x.numpy() for x in grads], factors, **hp, c=c)
+    assert np.abs(expected - without).max() > 1e-3  # the residual step really moves the weights
+
+
+def test_residual_step_limiter_caps_the_growth_of_the_residual_update():
+    p = _param((6, 5, 4), torch.complex64)
+    opt = TensorGaLoreAdamW([p], lr=1e-2, galore=True, rank=0.3, update_proj_gap=None, residual="scaled")
+    norms = []
+    for t in range(6):
+        p.grad = torch.randn(p.shape, dtype=p.dtype, generator=_gen(t)) * 10.0**t  # a 10x jump every step
+        opt.step()
+        norms.append(float(opt.state[p]["residual_norm"]))
+    ratios = [b / a for a, b in zip(norms, norms[1:], strict=False)]
+    assert all(r <= 1.01 * (1 + 1e-5) for r in ratios), ratios
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float32])
+def test_residual_step_at_full_rank_is_the_low_rank_step(dtype):
+    """At full rank nothing lies outside the subspace: the residual step adds (numerically) nothing."""
+    shape = (5, 4, 3)
+    a, b = _param(shape, dtype), _param(shape, dtype)
+    b.data.copy_(a.data)
+    grads = _grads(shape, 5, dtype)
+    opts = [
+        TensorGaLoreAdamW([q], lr=1e-2, galore=True, rank=1.0, update_proj_gap=2, residual=r)
+        for q, r in ((a, "none"), (b, "scaled"))
+    ]
+    for opt, q in zip(opts, (a, b), strict=True):
+        _run(opt, [q], [grads])
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_residual_step_on_the_matrix_path_and_unprojected_groups():
+    """The matrix (GaLore) path gets the residual too; full-tensor groups are unaffected by the option."""
+    w = _param((8, 6), torch.float32)
+    full = _param((7,), torch.float32, seed=1)
+    ref = nn.Parameter(full.detach().clone())
+    opt = TensorGaLoreAdamW([{"params": [w], "galore": True}, {"params": [full]}], lr=1e-2, rank=2, residual="scaled")
+    torch_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.0)
+    w0 = w.detach().clone()
+    for g_w, g_f in zip(_grads(w.shape, 3, torch.float32), _grads(full.shape, 3, torch.float32, seed=5), strict=True):
+        w.grad, full.grad, ref.grad = g_w, g_f.clone(), g_f.clone()
+        opt.step()
+        torch_opt.step()
+    assert torch.equal(full, ref)
+    assert "residual_norm" not in opt.state[full] and "residual_norm" in opt.state[w]
+    assert "factor_0" not in opt.state[w]
+    u = opt.state[w]["factor_1"]  # (6, 2): the smaller side; with the residual the update leaves the subspace
+    delta = (w - w0).detach()
+    assert (delta - (delta @ u) @ u.T).norm() > 1e-3 * delta.norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+def test_projected_modes_leave_the_other_modes_whole_and_unrotated(dtype):
+    """proj_modes=[0, 1]: factors on the channel modes only; the update is Algorithm 1 with identity factors on
+    the other modes (their coordinates are neither cut nor rotated)."""
+    shape, n_steps = (8, 6, 4, 3), 6
+    p = _param(shape, dtype)
+    w0 = p.detach().numpy().copy()
+    grads = _grads(shape, n_steps, dtype)
+    hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
+    opt = TensorGaLoreAdamW(
+        [p],
+        lr=hp["lr"],
+        betas=(hp["b1"], hp["b2"]),
+        eps=hp["eps"],
+        weight_decay=hp["wd"],
+        galore=True,
+        rank=0.25,
+        proj_modes=[0, 1],
+        scale=hp["scale"],
+        update_proj_gap=None,
+    )
+    _run(opt, [p], [grads])
+    state = opt.state[p]
+    assert sorted(k for k in state if k.startswith("factor_")) == ["factor_0", "factor_1"]
+    assert tuple(state["exp_avg"].shape) == (4, 3, 4, 3)  # 4 * 3 / (8 * 6) = 25% of the elements
+    factors = [state["factor_0"].numpy(), state["factor_1"].numpy(), np.eye(4), np.eye(3)]
+    c = 2.0 if dtype.is_complex else 1.0
+    expected = _algorithm_1(w0, [g.numpy() for g in grads], factors, **hp, c=c)
+    np.testing.assert_allclose(p.detach().numpy(), expected, rtol=0, atol=1e-10)
+    assert opt.param_groups[0]["proj_modes"] == (0, 1)
+
+
+def test_projected_modes_out_of_range_name_the_parameter():
+    with pytest.raises(ValueError, match=r"param_groups\[0\] params\[0\].*mode 3 does not exist"):
+        TensorGaLoreAdamW([_param((4, 3, 2))], galore=True, proj_modes=[0, 3])
+
+
 def _complex_adam(w0, grads, *, lr, b1, b2, eps, wd, c=2.0):
     """Complex-correct AdamW on full tensors: complex first moment, real |g|^2 second moment, divided by ``c`` in
     the denominator (2: the default ``complex_norm="component"``)."""
@@ -490,20 +630,22 @@ def _mixed_model_params():
     ]
 
 
-def _mixed_optimizer(params):
+def _mixed_optimizer(params, residual="none"):
     return TensorGaLoreAdamW(
         [{"params": params[:3], "galore": True}, {"params": params[3:], "galore": False, "weight_decay": 0.01}],
         lr=1e-2,
         rank=0.5,
         update_proj_gap=3,
         refresh_moments="project",
+        residual=residual,
     )
 
 
+@pytest.mark.parametrize("residual", ["none", "scaled"])
 @pytest.mark.parametrize("n_before", [2, 3])
-def test_state_dict_round_trip_with_weights_only_gives_a_bit_identical_next_step(n_before):
+def test_state_dict_round_trip_with_weights_only_gives_a_bit_identical_next_step(n_before, residual):
     params = _mixed_model_params()
-    opt = _mixed_optimizer(params)
+    opt = _mixed_optimizer(params, residual)
     grads = [_grads(p.shape, n_before + 2, p.dtype, seed=20 + i) for i, p in enumerate(params)]
     _run(opt, params, [g[:n_before] for g in grads])
     opt.request_refresh(0)
@@ -513,7 +655,7 @@ def test_state_dict_round_trip_with_weights_only_gives_a_bit_identical_next_step
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
     clones = [nn.Parameter(p.detach().clone()) for p in params]
-    resumed = _mixed_optimizer(clones)
+    resumed = _mixed_optimizer(clones, residual)
     resumed.load_state_dict(loaded)
 
     for a, b in zip(params, clones, strict=True):
@@ -546,12 +688,15 @@ def test_every_option_is_a_group_key_saved_in_the_state_dict():
         "update_proj_gap",
         "scale",
         "proj",
+        "proj_modes",
         "rollup",
         "solver",
         "solver_iters",
         "refresh_moments",
         "nonfinite",
         "complex_norm",
+        "residual",
+        "residual_limit",
         "refresh_pending",
     ):
         assert key in group, key
@@ -681,6 +826,11 @@ def test_zero_gradient_is_harmless():
         ("refresh_moments", "rotate", ValueError),
         ("nonfinite", "ignore", ValueError),
         ("complex_norm", "modulus", ValueError),
+        ("proj_modes", [], ValueError),
+        ("proj_modes", "0,1", TypeError),
+        ("residual", "fira", ValueError),
+        ("residual_limit", 1.0, ValueError),
+        ("residual_limit", "1.01", TypeError),
         ("refresh_pending", None, TypeError),
     ],
 )
@@ -787,6 +937,8 @@ def test_cli_parser_reads_every_rank_form_from_yaml():
     for text, expected in [("0.25", 0.25), ("8", 8), ("[32, 32, 0.5, 9]", [32, 32, 0.5, 9])]:
         cfg = parser.parse_args([f"--opt.rank={text}"])
         assert cfg.opt.rank == expected and type(cfg.opt.rank) is type(expected)
+    cfg = parser.parse_args(["--opt.rank=[8, 8, null, null]", "--opt.proj_modes=[0, 1]"])
+    assert cfg.opt.rank == [8, 8, None, None] and list(cfg.opt.proj_modes) == [0, 1]
     cfg = parser.parse_args(["--opt.update_proj_gap=null", "--opt.galore=true", "--opt.proj=matrix"])
     assert cfg.opt.update_proj_gap is None and cfg.opt.galore is True and cfg.opt.proj == "matrix"
     assert math.isclose(cfg.opt.lr, 1e-3)

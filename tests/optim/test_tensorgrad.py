@@ -327,6 +327,9 @@ def test_invalid_options_raise_with_the_value_in_the_message():
     ]:
         with pytest.raises(err, match=text):
             TensorGRaDAdamW([p], galore=True, **kwargs)
+    with pytest.raises(ValueError, match="residual='scaled' with sparse_ratio=0.05"):
+        TensorGRaDAdamW([p], galore=True, residual="scaled")
+    TensorGRaDAdamW([p], galore=True, residual="scaled", sparse_ratio=0.0)  # no sparse part: allowed
     with pytest.raises(ValueError, match=r"param_groups\[1\].*sparse_ratio=-0.1"):
         TensorGRaDAdamW([{"params": [p]}, {"params": [_param((3,))], "sparse_ratio": -0.1}])
     opt = TensorGRaDAdamW([p], galore=True)

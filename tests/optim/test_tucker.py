@@ -91,12 +91,45 @@ def test_sequence_rank_gives_ints_and_per_mode_fractions():
         ([8, 0, 8, 8], ValueError),
         ([8, 1.5, 8, 8], ValueError),
         ([8, "a", 8, 8], TypeError),
+        ([None, None, None, None], ValueError),
         (torch.tensor(3), TypeError),
     ],
 )
 def test_invalid_rank_specs_raise_naming_the_value(spec, error):
     with pytest.raises(error, match="rank"):
         tucker.resolve_ranks(spec, (8, 8, 4, 3))
+
+
+def test_projected_modes_restrict_every_rank_form():
+    shape = (16, 16, 8, 5)
+    # a float is reached on the projected modes alone: 8 * 8 / (16 * 16) = 25% of all the elements
+    assert tucker.resolve_ranks(0.25, shape, (0, 1)) == (8, 8, None, None)
+    assert tucker.resolve_ranks(0.25, shape, [1, 0]) == (8, 8, None, None)  # order does not matter
+    assert tucker.resolve_ranks(4, shape, (0, -1)) == (4, None, None, 4)  # negative indices count from the end
+    assert tucker.resolve_ranks([8, 0.5, 3, 2], shape, (0, 1)) == (8, 8, None, None)  # others ignored
+    assert tucker.resolve_ranks([8, None, 0.5, None], shape) == (8, None, 4, None)  # None: not projected
+    assert tucker.resolve_ranks(0.25, shape, None) == tucker.resolve_ranks(0.25, shape)
+
+
+@pytest.mark.parametrize(
+    "modes, error, text",
+    [
+        ((0, 4), ValueError, "mode 4 does not exist"),
+        ((0, -5), ValueError, "mode -5 does not exist"),
+        ((1, -3), ValueError, "lists a mode twice"),
+        ((), ValueError, "non-empty"),
+        ((0.5,), ValueError, "mode indices"),
+        ("01", TypeError, "list of mode indices"),
+    ],
+)
+def test_invalid_projected_modes_raise_naming_the_value(modes, error, text):
+    with pytest.raises(error, match=text):
+        tucker.resolve_ranks(0.25, (16, 16, 8, 5), modes)
+
+
+def test_a_sequence_rank_that_projects_none_of_the_modes_raises():
+    with pytest.raises(ValueError, match="projects no mode"):
+        tucker.resolve_ranks([None, None, 3, 2], (16, 16, 8, 5), (0, 1))
 
 
 def test_matrix_rank_projects_the_smaller_side():
