@@ -224,10 +224,11 @@ class Hyper:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     scale: float = 1.0  # of the back-projected update, for every projected method of ours
+    proj_modes: tuple[int, ...] | None = None  # modes the Tucker path projects (None: all), for ours
 
 
 def default_hyper(path: Path = DEFAULTS_YAML) -> Hyper:
-    """lr, weight decay, ``update_proj_gap`` and ``scale`` of the default job's optimizer
+    """lr, weight decay, ``update_proj_gap``, ``scale`` and ``proj_modes`` of the default job's optimizer
     (``configs/defaults.yaml``)."""
     cfg = yaml.safe_load(path.read_text())
     init = cfg["model"]["optimizer"]["init_args"]
@@ -236,6 +237,7 @@ def default_hyper(path: Path = DEFAULTS_YAML) -> Hyper:
         weight_decay=float(init.get("weight_decay", 0.0)),
         update_proj_gap=init.get("update_proj_gap", 200),
         scale=float(init.get("scale", 1.0)),
+        proj_modes=None if init.get("proj_modes") is None else tuple(init["proj_modes"]),
     )
 
 
@@ -274,7 +276,7 @@ class Method:
         if self.family == "ours":
             from app.optim import TensorGaLoreAdamW
 
-            opts = {"scale": hp.scale, **opts}
+            opts = {"scale": hp.scale, "proj_modes": hp.proj_modes, **opts}
             return lambda groups: TensorGaLoreAdamW(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
         if self.family == "neuralop":
             from neuralop.training import AdamW as NeuralopAdamW
@@ -297,7 +299,7 @@ class Method:
             cls = tensorgrad_class()
             if cls is None:
                 raise RuntimeError("app.optim exports no TensorGRaD optimizer")
-            opts = {"scale": hp.scale, **opts}
+            opts = {"scale": hp.scale, **opts}  # TensorGRaD's defaults project every mode (configs/optim)
             return lambda groups: cls(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
         raise ValueError(f"unknown method family {self.family!r}")
 
@@ -306,7 +308,18 @@ def _ours(key: str, label: str, note: str = "", spectral_galore: bool = True, **
     return Method(key, label, "ours", tuple(sorted(options.items())), spectral_galore, note)
 
 
-def tensor_galore(rank: float) -> Method:
+def tensor_galore(rank: float, all_modes: bool = False) -> Method:
+    """Tensor-GaLore at ``rank`` with the default job's ``proj_modes``, or projecting every mode (the paper's
+    form) with ``all_modes``."""
+    if all_modes:
+        return _ours(
+            f"tensor_galore_{rank:g}_all",
+            f"Tensor-GaLore r={rank:g}, all modes",
+            rank=rank,
+            proj="tucker",
+            proj_modes=None,
+            note="every mode projected, as in the paper",
+        )
     return _ours(f"tensor_galore_{rank:g}", f"Tensor-GaLore r={rank:g}", rank=rank, proj="tucker")
 
 
@@ -330,6 +343,7 @@ def main_methods(include_tensorgrad: bool = True) -> list[Method]:
         galore_matrix(2, 0.25),
         galore_matrix(3, 0.25),
         tensor_galore(0.25),
+        tensor_galore(0.25, all_modes=True),
         tensor_galore(0.5),
     ]
     cls = tensorgrad_class() if include_tensorgrad else None

@@ -7,9 +7,11 @@ def test_the_chosen_row_is_the_default_jobs_optimizer_settings():
     hp = harness.default_hyper()
     rows = {m.key: (m, h) for m, h, _ in defaults_study.variants(hp)}
     assert len(rows) == len(defaults_study.variants(hp))  # unique keys
-    method, h = rows["tg_component_50_2"]
-    assert (h.update_proj_gap, h.scale) == (hp.update_proj_gap, hp.scale) == (50, 2.0)
+    method, h = rows["tg_proj_modes_2"]
+    assert (h.update_proj_gap, h.scale, h.proj_modes) == (hp.update_proj_gap, hp.scale, hp.proj_modes)
+    assert (hp.update_proj_gap, hp.scale, hp.proj_modes) == (50, 2.0, (0, 1))
     assert dict(method.options) == {"rank": 0.25}  # everything else from the class defaults (complex_norm)
+    assert rows["tg_component_50_2"][1].proj_modes is None  # the rows before it project every mode
     before, _ = rows["tg_element_200_1"]
     assert dict(before.options)["complex_norm"] == "element"
     assert rows["adamw"][0].family == "torch"
