@@ -730,11 +730,21 @@ def sweep_table(res: Results) -> list[str]:
     lines += [
         "",
         "Tensor-GaLore's rank r keeps the fraction of each spectral weight's entries nearest r that evenly spread "
-        "per-mode ranks reach (at least 1 per mode; `tucker.resolve_ranks`); GaLore d=k keeps r of the smaller side "
+        "per-mode ranks reach over its projected modes (at least 1 per mode; `tucker.resolve_ranks`; the channel "
+        "modes under the default job's `proj_modes: [0, 1]`, every mode in the 'all modes' row); GaLore d=k keeps r "
+        "of the smaller side "
         "of the matrix view (first k modes as rows), so where that side is a short mode (e.g. the last mode of 5 "
         "frequencies for d=3) every r below 0.3 gives rank 1.",
     ]
     return lines
+
+
+def _modes_text(hp: dict) -> str:
+    """Which modes the Tucker rows project, from the saved hyperparameters."""
+    modes = hp.get("proj_modes")
+    if modes is None:
+        return "every mode"
+    return f"modes {list(modes)} only (`proj_modes`; the channel modes of a spectral weight)"
 
 
 def _accuracy_context(verdicts: list[str]) -> str:
@@ -831,7 +841,7 @@ def paper_rows(res: Results) -> list[list[str]]:
                 "moment (squared modulus) per complex entry instead of torch's two, at torch's step size "
                 "(`complex_norm=\"component\"`). The second is the projection: each step moves only in the "
                 f"Tucker subspace (refreshed every {res.meta['hyper']['update_proj_gap']} steps, update scaled by "
-                f"{res.meta['hyper'].get('scale', 1.0):g}). "
+                f"{res.meta['hyper'].get('scale', 1.0):g}, {_modes_text(res.meta['hyper'])}). "
                 + _accuracy_context(verdicts)
                 + " The paper trains GPU-sized FNOs for hundreds of epochs; ours are CPU-sized short runs ("
                 + "; ".join(sentences)
@@ -896,8 +906,9 @@ def render(res: Results, *, links: dict[str, str]) -> str:
         f"batches, lr {hp['lr']:g} with a per-step cosine decay to 0, weight decay {hp['weight_decay']:g}, betas "
         f"{tuple(hp['betas'])}, eps {hp['eps']:g}, relative-L2 training loss, final model tested (values from "
         "`configs/defaults.yaml`). Projected methods of ours refresh every "
-        f"{hp['update_proj_gap']} steps and scale their back-projected update by {hp.get('scale', 1.0):g} (the "
-        "default job's settings); complex gradients are normalised per real component (`complex_norm`). "
+        f"{hp['update_proj_gap']} steps and scale their back-projected update by {hp.get('scale', 1.0):g}; "
+        f"Tensor-GaLore projects {_modes_text(hp)} (the default job's settings); complex gradients are "
+        "normalised per real component (`complex_norm`). "
         'Errors: mean ± sd over seeds of the mean per-sample relative L2 / H1 error; "L2 vs AdamW" is the mean ± sd '
         "over seeds of L2/L2(AdamW) − 1 for the same seed (better/worse when beyond 2 standard errors). Memory: "
         "exact bytes of the tensors (state after the last step; params + grads + state excludes activations). Step: "

@@ -52,7 +52,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "Tensor-GaLore": ("tensor_galore.yaml", {}),
     "Tensor-GaLore, every mode projected": ("tensor_galore.yaml", {"proj_modes": None}),
     "TensorGRaD": ("tensorgrad.yaml", {}),
-    "TensorGRaD, channel modes only": ("tensorgrad.yaml", {"proj_modes": [0, 1]}),
+    "TensorGRaD, every mode projected": ("tensorgrad.yaml", {"proj_modes": None}),
     "TensorGRaD, sparse_first": ("tensorgrad.yaml", {"composition": "sparse_first"}),
     "TensorGRaD, bf16 state": ("tensorgrad_bf16.yaml", {}),
     "TensorGRaD, bf16 state, nearest rounding": ("tensorgrad_bf16.yaml", {"moment_rounding": "nearest"}),
@@ -280,8 +280,8 @@ def render(weight: dict, study: tuple | None, command: str, repeats: int, epochs
             f"{paired('TensorGRaD, bf16 state, nearest rounding', 'TensorGRaD, bf16 state')}; `sparse_first` vs "
             f"`lowrank_first`: {paired('TensorGRaD, sparse_first', 'TensorGRaD')}; TensorGRaD vs Tensor-GaLore: "
             f"{paired('TensorGRaD', 'Tensor-GaLore')}; Tensor-GaLore on the channel modes (its config) vs every mode: "
-            f"{paired('Tensor-GaLore', 'Tensor-GaLore, every mode projected')}; TensorGRaD on the channel modes vs "
-            f"every mode: {paired('TensorGRaD, channel modes only', 'TensorGRaD')}. "
+            f"{paired('Tensor-GaLore', 'Tensor-GaLore, every mode projected')}; TensorGRaD on the channel modes (its "
+            f"config) vs every mode: {paired('TensorGRaD', 'TensorGRaD, every mode projected')}. "
             "Defaults: `moment_dtype: param` (float32 moments; "
             "`configs/optim/tensorgrad_bf16.yaml` selects bfloat16) and `composition: lowrank_first`.",
         ]

@@ -461,9 +461,10 @@ class TensorGaLoreAdamW(Optimizer):
             every mode. The other modes are kept whole and unrotated (no factor, no mode product), and a float
             ``rank`` is then reached on the projected modes alone: ``proj_modes=[0, 1]`` with ``rank=0.25`` on an
             FNO spectral weight ``(in, out, m_1, m_2)`` compresses the channel modes to about half each
-            (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode, which trained as well as AdamW
-            where compressing all four modes to the same 25% did not (BENCHMARKS.md, defaults study).
-            Ignored by the matrix path.
+            (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode. In 20-epoch Darcy runs that
+            trained as well as AdamW where compressing all four modes to the same 25% was 5-10% behind
+            (BENCHMARKS.md: defaults study, TensorGRaD section); in the shortest runs of ``bench.tables`` (69
+            steps) it lagged more than the all-mode form. Ignored by the matrix path.
         rollup: number of leading modes rolled up into the rows of the matrix view (``proj="matrix"``); capped
             at ``ndim - 1``.
         solver: ``"hosvd"``: sequentially truncated HOSVD through each mode's Gram matrix (``eigh``; fast, the

@@ -172,6 +172,28 @@ def test_auto_rank_picks_the_planted_ranks_of_a_noisy_low_rank_gradient(proj, pl
     assert stats["energy"] > 0.99
 
 
+def test_auto_rank_and_rank_schedules_respect_projected_modes():
+    """With proj_modes=[0, 1] the callback sets ranks on the channel modes only; the others stay unprojected."""
+    g = torch.Generator().manual_seed(0)
+    shape = (12, 10, 8, 6)
+    p = torch.nn.Parameter(torch.zeros(shape, dtype=torch.complex64))
+    opt = TensorGaLoreAdamW([{"params": [p], "galore": True}], rank=0.5, proj_modes=[0, 1])
+    drive = _Driver(SubspaceScheduler(gap=100, auto_rank=True, epsilon=0.01), opt)
+    drive.step({p: _planted(shape, (3, 2, 4, 2), g, noise=0.01)})
+    (stats,) = opt.subspace_stats()
+    assert stats["ranks"] == (3, 2, None, None)
+    assert opt.param_groups[0]["rank"] == [3, 2, None, None]
+
+    q = torch.nn.Parameter(torch.zeros(8, 8, 6, dtype=torch.complex64))
+    opt = TensorGaLoreAdamW([{"params": [q], "galore": True}], rank=0.5, proj_modes=[0, 1])
+    drive = _Driver(SubspaceScheduler(gap=2, rank=RankSchedule("step", start=0.5, end=0.25, milestones=[1])), opt)
+    ranks = []
+    for _ in range(3):
+        drive.step({q: torch.randn_like(q)})
+        ranks.append(opt.subspace_stats()[0]["ranks"])
+    assert ranks == [(6, 5, None), (6, 5, None), (4, 4, None)]  # 25% of (8, 8) from the refresh at step 2
+
+
 def test_auto_rank_is_capped_by_the_rank_schedule():
     g = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.zeros(12, 10, 8, 6, dtype=torch.complex64))
