@@ -59,7 +59,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
                 assert _rel(rank0["optimizer"]["state"][pid][key], v) < 1e-5, (pid, key)
             else:
                 assert torch.equal(rank0["optimizer"]["state"][pid][key], v), (pid, key)
-    assert factors == 8  # two spectral weights, four modes each
+    assert factors == 4  # two spectral weights, each projected on its two channel modes (proj_modes [0, 1])
     assert [int(s["refreshes"]) for s in rank0["optimizer"]["state"].values() if "refreshes" in s] == [3, 3]
 
     # metrics are reduced over the processes: rank 0 reports what the single process measures on all the data
