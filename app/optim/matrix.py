@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .tucker import RankSpec, _is_int, _round_half_up, check_rank_spec
+from .tucker import RankSpec, _is_int, check_rank_spec, scalar_rank
 
 __all__ = ["matrix_shape", "matrix_ranks"]
 
@@ -46,5 +46,5 @@ def matrix_ranks(spec: RankSpec, mshape: Sequence[int]) -> tuple[int | None, int
         )
     m, n = int(mshape[0]), int(mshape[1])
     side = min(m, n)
-    r = min(int(spec), side) if _is_int(spec) else min(max(_round_half_up(side * float(spec)), 1), side)
+    r = scalar_rank(spec, side)
     return (r, None) if m <= n else (None, r)

@@ -263,7 +263,8 @@ def tensor_galore_adamw(
         alpha = -step_size * scale
         if full is not None:  # lr * back(scale * D - phi * core) + lr * phi * G: one back-projection for both
             phi = _residual_ratio(direction, grad, full, residual_norms[i], bias_correction1, residual_limit)
-            direction = direction.mul_(step_size * scale).sub_(grad * (lr * phi).to(grad.dtype))
+            lr_phi = (lr * phi).to(grad.dtype)  # the core has G's dtype
+            direction = direction.mul_(step_size * scale).sub_(grad * lr_phi)
             alpha = -1.0
         if param.is_contiguous():  # decay and update in one pass, the last mode product writing into param
             tucker.add_project_back_(param.view(view), direction, fs, alpha=alpha, beta=decay)
@@ -273,25 +274,21 @@ def tensor_galore_adamw(
             param.mul_(decay).add_(update, alpha=alpha)
             target = param
         if full is not None:
-            target.sub_(full.reshape(target.shape) * (lr * phi).to(full.dtype))
+            target.sub_(full.reshape(target.shape) * lr_phi)
 
 
 def _residual_ratio(
     direction: Tensor, core: Tensor, full: Tensor, last_norm: Tensor, bias_correction1: float, limit: float | None
 ) -> Tensor:
-    """``phi`` (0-d tensor of the gradient's real dtype, no host sync) of the residual step; writes this step's
-    residual-update norm ``phi * ||G - back(core)||`` into ``last_norm``. ``||G - back(core)||^2 = ||G||^2 -
-    ||core||^2`` because the factors are orthonormal, so the residual itself is never formed. A zero core
-    gradient gives ``phi = 0``."""
-
-    def sq(x: Tensor) -> Tensor:
-        return torch.linalg.vector_norm(torch.view_as_real(x) if x.is_complex() else x).square()
-
-    core_sq = sq(core)
-    d_norm = sq(direction).sqrt() / bias_correction1
+    """``phi`` (0-d tensor of the gradient's real dtype, at least float32; no host sync) of the residual step;
+    writes this step's residual-update norm ``phi * ||G - back(core)||`` into ``last_norm``. ``||G -
+    back(core)||^2 = ||G||^2 - ||core||^2`` because the factors are orthonormal, so the residual itself is never
+    formed. A zero core gradient gives ``phi = 0``."""
+    core_sq = tucker.norm_sq(core, dtype=None)
+    d_norm = tucker.norm_sq(direction, dtype=None).sqrt() / bias_correction1
     tiny = torch.finfo(core_sq.dtype).tiny
     phi = torch.where(core_sq > 0, d_norm / core_sq.sqrt().clamp_min(tiny), torch.zeros_like(core_sq))
-    res_norm = phi * (sq(full) - core_sq).clamp_min(0).sqrt()
+    res_norm = phi * (tucker.norm_sq(full, dtype=None) - core_sq).clamp_min(0).sqrt()
     if limit is not None:  # Fira's norm-growth limiter: the residual update grows at most by ``limit`` per step
         cap = limit * last_norm
         shrink = torch.where((last_norm > 0) & (res_norm > cap), cap / res_norm.clamp_min(tiny), torch.ones_like(phi))

@@ -145,6 +145,12 @@ def _fraction_ranks(f: float, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ranks)
 
 
+def scalar_rank(r: int | float, n: int) -> int:
+    """The rank an int or fraction ``r`` gives a mode (or matrix side) of size ``n``: ``min(r, n)`` for an int,
+    ``clamp(floor(n * r + 0.5), 1, n)`` (round half up) for a float in (0, 1]."""
+    return min(int(r), n) if _is_int(r) else min(max(_round_half_up(n * float(r)), 1), n)
+
+
 def check_modes(modes: object, name: str = "proj_modes") -> None:
     """Validate a projected-modes spec without a shape: ``None`` (every mode) or distinct ints (negative ones
     count from the end)."""
@@ -201,11 +207,7 @@ def resolve_ranks(spec: RankSpec, shape: Sequence[int], modes: Sequence[int] | N
                 f"(shape {shape}); give one rank per mode or a single int/float"
             )
         out = tuple(
-            None
-            if r is None or k not in keep
-            else min(int(r), n)
-            if _is_int(r)
-            else min(max(_round_half_up(n * float(r)), 1), n)
+            None if r is None or k not in keep else scalar_rank(r, n)
             for k, (r, n) in enumerate(zip(spec, shape, strict=True))
         )
         if all(r is None for r in out):
@@ -359,14 +361,16 @@ def add_project_back_(
     return target
 
 
-def norm_sq(x: Tensor) -> Tensor:
-    """``||x||^2`` as a 0-d float32 tensor (one fast pass; inf or nan if ``x`` has any non-finite entry).
+def norm_sq(x: Tensor, dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """``||x||^2`` as a 0-d tensor of ``dtype`` (one fast pass; inf or nan if ``x`` has any non-finite entry).
 
     Accumulates in ``x``'s real dtype (at least float32), so float64 input overflows only past float64's range
-    before the result is cast.
+    before the result is cast to ``dtype`` (float32 by default; ``None`` keeps the accumulation dtype, e.g. for
+    float64 arithmetic on float64 tensors).
     """
     x = torch.view_as_real(x) if x.is_complex() else x
-    return torch.linalg.vector_norm(x, dtype=solve_dtype(x.dtype)).square().to(torch.float32)
+    out = torch.linalg.vector_norm(x, dtype=solve_dtype(x.dtype)).square()
+    return out if dtype is None else out.to(dtype)
 
 
 def captured_energy(core: Tensor, g: Tensor, g_norm_sq: Tensor | None = None) -> Tensor:

@@ -61,6 +61,22 @@ def _algorithm_1(w0, grads, factors, *, lr, b1, b2, eps, wd, scale, c=1.0):
     return w
 
 
+def _reference_optimizer(p, hp, **options):
+    """A single-parameter projected TensorGaLoreAdamW with the hyperparameters ``hp`` of the reference
+    implementations (``lr, b1, b2, eps, wd, scale``), one subspace for the whole run, and ``options``."""
+    return TensorGaLoreAdamW(
+        [p],
+        lr=hp["lr"],
+        betas=(hp["b1"], hp["b2"]),
+        eps=hp["eps"],
+        weight_decay=hp["wd"],
+        galore=True,
+        scale=hp["scale"],
+        update_proj_gap=None,
+        **options,
+    )
+
+
 @pytest.mark.parametrize("complex_norm", ["element", "component"])
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
 def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
@@ -69,18 +85,7 @@ def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
     w0 = p.detach().numpy().copy()
     grads = _grads(shape, n_steps, dtype)
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=0.5)
-    opt = TensorGaLoreAdamW(
-        [p],
-        lr=hp["lr"],
-        betas=(hp["b1"], hp["b2"]),
-        eps=hp["eps"],
-        weight_decay=hp["wd"],
-        galore=True,
-        rank=0.3,
-        scale=hp["scale"],
-        update_proj_gap=None,
-        complex_norm=complex_norm,
-    )
+    opt = _reference_optimizer(p, hp, rank=0.3, complex_norm=complex_norm)
     _run(opt, [p], [grads])
     state = opt.state[p]
     assert int(state["refreshes"]) == 1
@@ -121,19 +126,7 @@ def test_residual_step_matches_an_independent_float64_reference(dtype, limit):
     # growing gradients, so that the limiter acts on most steps
     grads = [torch.randn(shape, dtype=dtype, generator=g) * (1 + 0.5 * t) for t in range(n_steps)]
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
-    opt = TensorGaLoreAdamW(
-        [p],
-        lr=hp["lr"],
-        betas=(hp["b1"], hp["b2"]),
-        eps=hp["eps"],
-        weight_decay=hp["wd"],
-        galore=True,
-        rank=0.3,
-        scale=hp["scale"],
-        update_proj_gap=None,
-        residual="scaled",
-        residual_limit=limit,
-    )
+    opt = _reference_optimizer(p, hp, rank=0.3, residual="scaled", residual_limit=limit)
     _run(opt, [p], [grads])
     state = opt.state[p]
     factors = [state[f"factor_{k}"].numpy() for k in range(4)]
@@ -202,18 +195,7 @@ def test_projected_modes_leave_the_other_modes_whole_and_unrotated(dtype):
     w0 = p.detach().numpy().copy()
     grads = _grads(shape, n_steps, dtype)
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
-    opt = TensorGaLoreAdamW(
-        [p],
-        lr=hp["lr"],
-        betas=(hp["b1"], hp["b2"]),
-        eps=hp["eps"],
-        weight_decay=hp["wd"],
-        galore=True,
-        rank=0.25,
-        proj_modes=[0, 1],
-        scale=hp["scale"],
-        update_proj_gap=None,
-    )
+    opt = _reference_optimizer(p, hp, rank=0.25, proj_modes=[0, 1])
     _run(opt, [p], [grads])
     state = opt.state[p]
     assert sorted(k for k in state if k.startswith("factor_")) == ["factor_0", "factor_1"]
