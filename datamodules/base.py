@@ -4,7 +4,12 @@ A dataset (``datamodules/darcy.py`` and later Burgers, Navier-Stokes, EM) subcla
 
 * class attributes ``name`` (cache folder), ``n_dims``, ``in_channels``, ``out_channels``, ``complex_data``
   (a subclass whose channel count depends on its arguments sets them in ``__init__``);
-* ``read_file(path) -> (x, y)``: one file of its public format, as ``(N, C, *spatial)`` tensors;
+* ``read_file(path) -> (x, y)``: one file of its public format, as ``(N, C, *spatial)`` tensors (formats too large
+  to read whole override ``sample_count(path)`` and ``read_samples(path, rows)`` instead, which read only the rows
+  used); ``subsamples_files(path)``: whether a file is brought to ``resolution``/``test_resolutions`` by taking
+  every k-th grid point (default: files are used on their own grid, one test set per file);
+  ``test_fraction(path)``: the share of a file that its format reserves for testing (PDEBench: the first 10%),
+  so that ``train_file`` alone is enough;
 * ``generate(rngs, resolutions) -> {s: (x, y)}``: one sample per random generator, at every resolution asked
   for, with its solver; and ``generator_settings()``: every setting that changes the generated data.
 
@@ -13,7 +18,9 @@ A dataset (``datamodules/darcy.py`` and later Burgers, Navier-Stokes, EM) subcla
 
 The base does the rest, the same way for every dataset:
 
-* **sources**: ``train_file`` and ``test_files`` are read (the first ``n_train``/``n_test`` samples); without
+* **sources**: ``train_file`` and ``test_files`` are read (the first ``n_train``/``n_test`` samples; a test file
+  that is also the training file gives its *last* ``n_test``, which must not overlap the training samples; a
+  format with its own test split gives ``n_test`` of its test rows and ``n_train`` of the rest); without
   them the data is generated in ``prepare_data`` and cached under ``data_dir/<name>/`` as
   ``<split>_res<s>_n<n>_seed<seed>_<settings digest>.pt`` (written atomically; a cache of more samples with the
   same key is reused). Sample ``i`` of a split draws from its own stream ``(seed, split, i)``, so the data does not
@@ -54,6 +61,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from datamodules.io import check_keys, load_pt, save_pt_atomic
+from datamodules.public_formats import check_subsampling, subsample_periodic
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +328,8 @@ class PDEDataModule(LightningDataModule):
             _positive_int("test_batch_size", test_batch_size)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction!r} is invalid; use a fraction in (0, 1), e.g. 0.1")
-        if (train_file is None) != (test_files is None):
+        own_split = train_file is not None and self.test_fraction(Path(train_file)) is not None
+        if (train_file is None) != (test_files is None) and not (own_split and test_files is None):
             given, missing = ("train_file", "test_files") if test_files is None else ("test_files", "train_file")
             raise ValueError(
                 f"{given} is set but {missing} is not; give both (the test sets must come from the distribution of "
@@ -360,6 +369,7 @@ class PDEDataModule(LightningDataModule):
         self._splits: dict[str, Fields] = {}
         self._tests: list[TestSet] = []
         self._restored_stats = False
+        self._whole: tuple[Path, Tensor, Tensor] | None = None  # the file read_file read last (read once)
 
     # ================================================================== what a dataset provides
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
@@ -378,6 +388,40 @@ class PDEDataModule(LightningDataModule):
     def generator_settings(self) -> dict[str, int | float | str | bool]:
         """Every setting, other than resolution, sample count and seed, that changes the generated data."""
         return {}
+
+    #: what ``n_train``/``n_test`` count in a file (error messages): "samples", or "trajectories" where one
+    #: trajectory gives several samples
+    sample_unit: ClassVar[str] = "samples"
+
+    def subsamples_files(self, path: Path) -> bool:
+        """Whether the fields of file ``path`` are brought to ``resolution`` (training) and to each of
+        ``test_resolutions`` (one test set each) by taking every k-th point of each axis (the resolution must divide
+        the file's grid). False (the default): files are used on their own grid, one test set per file."""
+        return False
+
+    def test_fraction(self, path: Path) -> float | None:
+        """The share of file ``path`` that its format reserves for testing, as its first rows; None: none."""
+        return None
+
+    def sample_count(self, path: Path) -> int:
+        """How many samples (``sample_unit``) file ``path`` holds. The default reads it with ``read_file`` (once:
+        ``read_samples`` reuses it); a format too large to read whole overrides both with reads of its rows."""
+        return len(self._read_whole(path)[0])
+
+    def read_samples(self, path: Path, rows: slice) -> tuple[Tensor, Tensor]:
+        """The ``(x, y)`` fields of the samples ``rows`` (``start:stop``) of file ``path``."""
+        x, y = self._read_whole(path)
+        return x[rows], y[rows]
+
+    def from_cache(self, x: Tensor, y: Tensor, source: str) -> tuple[Tensor, Tensor]:
+        """The task's fields from what ``generate`` cached (default: as cached; a cache of whole trajectories that
+        serves several tasks turns them into the task's pairs here)."""
+        return x, y
+
+    def check_generated_resolutions(self, solve_resolution: int) -> None:
+        """Refuse any generated resolution that is not every k-th point of a periodic solver grid."""
+        for s in self.generated_resolutions():
+            check_subsampling(s, solve_resolution, f"solve_resolution={solve_resolution}")
 
     # ================================================================== generation and its cache
     def _generated_splits(self) -> list[tuple[str, int, list[int]]]:
@@ -474,19 +518,61 @@ class PDEDataModule(LightningDataModule):
                 f"{source} was written with other settings ({d['meta']}, expected {expected}); delete it to "
                 f"regenerate"
             )
-        return Fields(d["x"][:n], d["y"][:n], source)
+        return Fields(*self.from_cache(d["x"][:n], d["y"][:n], source), source)
 
     # ================================================================== files
-    def _file_fields(self, file: str, n: int, arg: str) -> Fields:
-        source = f"{self.name} data file {file}"
-        x, y = self.read_file(Path(file))
-        if len(x) != len(y):
-            raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}; they must be paired one to one")
-        if n > len(x):
-            raise ValueError(
-                f"{source} has {len(x)} samples but {arg}={n} asks for more; set {arg} to at most {len(x)}"
-            )
-        return Fields(x[:n], y[:n], source)
+    def _read_whole(self, path: Path) -> tuple[Tensor, Tensor]:
+        key = Path(path).resolve()
+        if self._whole is None or self._whole[0] != key:
+            x, y = self.read_file(Path(path))
+            if len(x) != len(y):
+                raise ValueError(
+                    f"{self.name} data file {path}: x has {len(x)} samples but y has {len(y)}; they must be paired "
+                    f"one to one"
+                )
+            self._whole = (key, x, y)
+        return self._whole[1], self._whole[2]
+
+    def _file_fields(self, file: str, n: int, arg: str, role: str) -> Fields:
+        """``n`` samples of a file for ``role``: "train" (the training file), "test" (a test file, its last
+        samples if it is also the training file) or "split" (the test rows of the training file's own split)."""
+        path, source, unit = Path(file), f"{self.name} data file {file}", self.sample_unit
+        total = self.sample_count(path)
+        fraction = self.test_fraction(path) if self.test_files is None else None
+        n_split = int(total * fraction) if fraction is not None else 0  # that format's own test rows come first
+        if role == "split":
+            if n > n_split:
+                raise ValueError(
+                    f"{source} has {total} {unit}, of which its format's test split (the first {fraction:.0%}) holds "
+                    f"{n_split}, but {arg}={n} asks for more; set {arg} to at most {n_split}, or give test_files"
+                )
+            rows = slice(0, n)
+        elif role == "test" and path.resolve() == Path(self.train_file).resolve():
+            if self.n_train + n > total:
+                raise ValueError(
+                    f"{source} is both the training file (its first n_train={self.n_train}) and a test file (its "
+                    f"last {arg}={n}) but has only {total} {unit}, so they would overlap; lower n_train or {arg}"
+                )
+            rows = slice(total - n, total)
+        else:
+            if n_split + n > total:
+                held = f" after the {n_split} of its format's test split" if n_split else ""
+                raise ValueError(
+                    f"{source} has {total - n_split} {unit}{held} but {arg}={n} asks for more; set {arg} to at most "
+                    f"{total - n_split}"
+                )
+            rows = slice(n_split, n_split + n)
+        x, y = self.read_samples(path, rows)
+        return Fields(x, y, source)
+
+    def _file_grids(self, fields: Fields, resolutions: Sequence[int | None]) -> list[Fields]:
+        """The fields on each grid (None: as stored)."""
+        x, y, source = fields
+        return [
+            fields if s is None else Fields(subsample_periodic(x, s, self.n_dims, source),
+                                            subsample_periodic(y, s, self.n_dims, source), source)
+            for s in resolutions
+        ]
 
     # ================================================================== checks
     def check_fields(self, fields: Fields) -> Fields:
@@ -537,13 +623,20 @@ class PDEDataModule(LightningDataModule):
         describe.
         """
         if self.train_file is not None:
-            return self._file_fields(self.train_file, self.n_train, "n_train")
+            fields = self._file_fields(self.train_file, self.n_train, "n_train", "train")
+            resample = self.subsamples_files(Path(self.train_file))
+            return self._file_grids(fields, [self.resolution if resample else None])[0]
         return self._cached_fields("train", self.resolution, self.n_train)
 
     def load_tests(self) -> list[TestSet]:
-        """The test sets, one per file or per generated resolution, named by their grid (``res<s>``)."""
-        if self.test_files is not None:
-            sets = [self._file_fields(f, self.n_test, "n_test") for f in self.test_files]
+        """The test sets, one per generated resolution, or per file (and per test resolution, for files that
+        are subsampled), named by their grid (``res<s>``)."""
+        if self.train_file is not None:
+            files = [(f, "test") for f in self.test_files] if self.test_files else [(self.train_file, "split")]
+            sets = []
+            for file, role in files:
+                fields = self._file_fields(file, self.n_test, "n_test", role)
+                sets += self._file_grids(fields, self.test_resolutions if self.subsamples_files(Path(file)) else [None])
         else:
             sets = [self._cached_fields("test", s, self.n_test) for s in self.test_resolutions]
         named: list[TestSet] = []
@@ -570,6 +663,7 @@ class PDEDataModule(LightningDataModule):
         self._tests = [TestSet(name, *self.check_fields(Fields(x, y, src))) for name, x, y, src in self.load_tests()]
         self.test_names = [t.name for t in self._tests]
         self.resolutions = [tuple(fit.x.shape[2:])] + [tuple(t.x.shape[2:]) for t in self._tests]
+        self._whole = None
         log.info(
             "%s: %d train / %d validation samples on %s; test sets %s",
             type(self).__name__, len(fit.x), n_val, self.resolutions[0],

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import Fields, Generated, PDEDataModule, TestSet, grid_name
+from datamodules.base import Generated, PDEDataModule
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
-from datamodules.public_formats import load_mat, subsample_periodic, take_samples
+from datamodules.public_formats import load_mat
 from datamodules.solvers.burgers import solve_burgers
 from datamodules.solvers.spectral import solver_threads
 
@@ -134,13 +134,7 @@ class BurgersDataModule(PDEDataModule):
         self.grf = {"scale": float(grf_scale), "tau": float(grf_tau), "alpha": float(grf_alpha)}
         self.dt = dt
         self.solver_device = solver_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        for s in self.generated_resolutions():
-            if s > solve_resolution or solve_resolution % s:
-                raise ValueError(
-                    f"resolution {s} cannot be subsampled from solve_resolution={solve_resolution}: a periodic grid of "
-                    f"s points is every (solve_resolution / s)-th solver point, so s must divide solve_resolution "
-                    f"(e.g. 128, 256 or 512 with solve_resolution 1024)"
-                )
+        self.check_generated_resolutions(solve_resolution)
 
     @property
     def n_intervals(self) -> int:
@@ -184,6 +178,9 @@ class BurgersDataModule(PDEDataModule):
         return out
 
     # ================================================================== files
+    def subsamples_files(self, path: Path) -> bool:
+        return True  # periodic grids, x_j = j / s
+
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
         """A ``.pt`` (neuraloperator) or ``.mat`` (FNO) file as ``(x (N, 1, s), y (N, out_channels, s))``."""
         source = f"Burgers data file {path}"
@@ -218,35 +215,3 @@ class BurgersDataModule(PDEDataModule):
                 f"{self.trajectory_steps} needs {self.out_channels}; {fix}"
             )
         return x.unsqueeze(1), y
-
-    def _file_samples(self, file: str, n: int, arg: str, last: bool) -> Fields:
-        source = f"Burgers data file {file}"
-        x, y = self.read_file(Path(file))
-        if len(x) != len(y):
-            raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}; they must be paired one to one")
-        if last and self.n_train + n > len(x):
-            raise ValueError(
-                f"{source} is both the training file (its first n_train={self.n_train} samples) and a test file (its "
-                f"last {arg}={n}) but has only {len(x)} samples, so they would overlap; lower n_train or {arg}"
-            )
-        return Fields(take_samples(x, n, last=last, source=source), take_samples(y, n, last=last, source=source),
-                      source)
-
-    def load_train(self) -> Fields:
-        if self.train_file is None:
-            return super().load_train()
-        x, y, source = self._file_samples(self.train_file, self.n_train, "n_train", last=False)
-        return Fields(subsample_periodic(x, self.resolution, 1, source),
-                      subsample_periodic(y, self.resolution, 1, source), source)
-
-    def load_tests(self) -> list[TestSet]:
-        if self.test_files is None:
-            return super().load_tests()
-        sets: list[TestSet] = []
-        for file in self.test_files:
-            same = Path(file).resolve() == Path(self.train_file).resolve()
-            x, y, source = self._file_samples(file, self.n_test, "n_test", last=same)
-            for s in self.test_resolutions:
-                xs, ys = subsample_periodic(x, s, 1, source), subsample_periodic(y, s, 1, source)
-                sets.append(TestSet(grid_name((s,), [t.name for t in sets]), xs, ys, source))
-        return sets

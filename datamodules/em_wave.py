@@ -69,7 +69,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -80,6 +79,7 @@ from torch import Tensor
 from datamodules.base import Generated, PDEDataModule, as_fields
 from datamodules.io import check_keys, load_pt
 from datamodules.solvers.nlse import angular_frequencies, propagate, time_grid
+from datamodules.solvers.spectral import solver_threads
 
 log = logging.getLogger(__name__)
 
@@ -183,27 +183,13 @@ def solve_pulses(
     :func:`draw_parameters`), solved in one batch on ``device``, and the split-step count of each sample."""
     p = {k: v.to(device) for k, v in params.items()}
     t = time_grid(solve_resolution, t_window_fs, device=device)
-    with _single_thread_on_cpu(device):
+    with solver_threads(device):  # ~1e5 complex numbers a batch: extra threads only cost
         a0 = input_pulses(t, p["energy_fj"], p["fwhm_fs"], p["chirp"], p["shape"], p["phase"])
         out = propagate(
             a0, t_window_fs, p["length_mm"], dk=phase_mismatch(p["mismatch_nm"], poling_period_um).to(device),
             beta2=beta2, gamma=gamma, kappa=kappa, rtol=rtol,
         )
     return a0.cpu(), out.field.cpu(), out.n_steps
-
-
-@contextmanager
-def _single_thread_on_cpu(device: str | torch.device):
-    """A batch is ~1e5 complex numbers: there intra-op threads cost more than they give, and on a busy machine
-    they are ruinous (100x slower FFTs measured on a loaded 2-core box), so a CPU solve runs on one thread; the
-    caller's setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def out_of_band_fraction(fields: Tensor, t_window_fs: float, resolution: int) -> Tensor:
@@ -310,13 +296,7 @@ class EMWaveDataModule(PDEDataModule):
             "rtol": float(rtol),
         }
         self.solver_device = solver_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        for s in self.generated_resolutions():
-            if s > solve_resolution or solve_resolution % s:
-                raise ValueError(
-                    f"resolution {s} cannot be subsampled from solve_resolution={solve_resolution}: a periodic grid of "
-                    f"s points is every (solve_resolution / s)-th solver point, so s must divide solve_resolution "
-                    f"(e.g. 128, 256 or 512 with solve_resolution 1024)"
-                )
+        self.check_generated_resolutions(solve_resolution)
 
     def generator_settings(self) -> dict[str, int | float | str | bool]:
         ranges = {f"{k}_{end}": v[i] for k, v in self.ranges.items() for i, end in enumerate(("lo", "hi"))}

@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import Fields, Generated, PDEDataModule, TestSet, grid_name
+from datamodules.base import Generated, PDEDataModule
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
-from datamodules.public_formats import load_mat, mat_shape, subsample_periodic, take_samples
+from datamodules.public_formats import load_mat, mat_shape
 from datamodules.solvers.navier_stokes import fno_forcing, solve_navier_stokes
 from datamodules.solvers.spectral import solver_threads
 
@@ -157,13 +157,7 @@ class NavierStokesDataModule(PDEDataModule):
         self.grf = {"scale": float(grf_scale), "tau": float(grf_tau), "alpha": float(grf_alpha)}
         self.dt = dt
         self.solver_device = solver_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        for s in self.generated_resolutions():
-            if s > solve_resolution or solve_resolution % s:
-                raise ValueError(
-                    f"resolution {s} cannot be subsampled from solve_resolution={solve_resolution}: a periodic grid of "
-                    f"s points per side is every (solve_resolution / s)-th solver point, so s must divide "
-                    f"solve_resolution (e.g. 32 or 64 with solve_resolution 64)"
-                )
+        self.check_generated_resolutions(solve_resolution)
 
     @property
     def n_snapshots(self) -> int:
@@ -227,21 +221,42 @@ class NavierStokesDataModule(PDEDataModule):
         return out
 
     # ================================================================== files
-    def _read_samples(self, path: Path, n: int | None = None, last: bool = False) -> tuple[Tensor, Tensor]:
-        """The task's ``(x, y)`` from the first (or last) ``n`` trajectories or samples of a file (None: all)."""
+    def subsamples_files(self, path: Path) -> bool:
+        return True  # periodic grids, x_j = j / s
+
+    def from_cache(self, x: Tensor, y: Tensor, source: str) -> tuple[Tensor, Tensor]:
+        return self.task_fields(y, source)  # the cache holds whole trajectories (y = the snapshots)
+
+    def _mat(self, path: Path) -> bool:
+        return Path(path).suffix.lower() == ".mat"
+
+    @property
+    def sample_unit(self) -> str:
+        return "trajectories" if self.train_file and self._mat(Path(self.train_file)) else "samples"
+
+    def sample_count(self, path: Path) -> int:
+        if not self._mat(path):
+            return super().sample_count(path)
+        shape = mat_shape(path, "u", "Navier-Stokes data file")
+        if len(shape) != 4 or shape[1] != shape[2]:
+            raise ValueError(
+                f"Navier-Stokes data file {path}: 'u' is {shape}; expected (N, s, s, T), the vorticity snapshots "
+                f"t = 1..T"
+            )
+        return shape[0]
+
+    def read_samples(self, path: Path, rows: slice) -> tuple[Tensor, Tensor]:
+        """``.mat``: the task's pairs of the trajectories ``rows`` (v7.3 reads only those); ``.pt``: the pairs."""
+        if not self._mat(path):
+            return super().read_samples(path, rows)
+        u = torch.from_numpy(load_mat(path, ["u"], "Navier-Stokes data file", samples=rows)["u"])
+        return self.task_fields(u.permute(0, 3, 1, 2), f"Navier-Stokes data file {path}")
+
+    def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
+        """A ``.mat`` (FNO) file's trajectories as the task's ``(x, y)``, or a ``.pt`` (neuraloperator) file's pairs."""
+        if self._mat(path):
+            return self.read_samples(path, slice(0, self.sample_count(path)))
         source = f"Navier-Stokes data file {path}"
-        if Path(path).suffix.lower() == ".mat":
-            shape = mat_shape(path, "u", "Navier-Stokes data file")
-            if len(shape) != 4 or shape[1] != shape[2]:
-                raise ValueError(f"{source}: 'u' is {shape}; expected (N, s, s, T), the vorticity snapshots t = 1..T")
-            count = shape[0] if n is None else n
-            if count > shape[0]:
-                raise ValueError(
-                    f"{source} has {shape[0]} trajectories but {count} were asked for; lower n_train/n_test"
-                )
-            rows = slice(shape[0] - count, shape[0]) if last else slice(0, count)
-            u = torch.from_numpy(load_mat(path, ["u"], "Navier-Stokes data file", samples=rows)["u"])
-            return self.task_fields(u.permute(0, 3, 1, 2), source)
         d = load_pt(path, "Navier-Stokes data file")
         check_keys(d, ["x", "y"], source)
         pair = []
@@ -256,47 +271,4 @@ class NavierStokesDataModule(PDEDataModule):
                     f"t_out={self.t_out}) needs {channels}; single snapshots suit task=one_step"
                 )
             pair.append(t)
-        x, y = pair
-        if len(x) != len(y):
-            raise ValueError(f"{source}: x has {len(x)} samples but y has {len(y)}; they must be paired one to one")
-        if n is None:
-            return x, y
-        return take_samples(x, n, last=last, source=source), take_samples(y, n, last=last, source=source)
-
-    def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
-        """A ``.mat`` (FNO) or ``.pt`` (neuraloperator) file, whole, as the task's ``(x, y)``."""
-        return self._read_samples(path)
-
-    def _file_samples(self, file: str, n: int, arg: str, last: bool) -> Fields:
-        source = f"Navier-Stokes data file {file}"
-        if not last:
-            return Fields(*self._read_samples(Path(file), n), source)
-        mat = Path(file).suffix.lower() == ".mat"
-        total = mat_shape(file, "u", "Navier-Stokes data file")[0] if mat else len(self._read_samples(Path(file))[0])
-        if self.n_train + n > total:
-            raise ValueError(
-                f"{source} is both the training file (its first n_train={self.n_train}) and a test file (its last "
-                f"{arg}={n}) but has only {total}, so they would overlap; lower n_train or {arg}"
-            )
-        return Fields(*self._read_samples(Path(file), n, last=True), source)
-
-    # ================================================================== setup
-    def load_train(self) -> Fields:
-        if self.train_file is None:
-            _, snapshots, source = super().load_train()
-            return Fields(*self.task_fields(snapshots, source), source)
-        x, y, source = self._file_samples(self.train_file, self.n_train, "n_train", last=False)
-        return Fields(subsample_periodic(x, self.resolution, 2, source),
-                      subsample_periodic(y, self.resolution, 2, source), source)
-
-    def load_tests(self) -> list[TestSet]:
-        if self.test_files is None:
-            return [TestSet(t.name, *self.task_fields(t.y, t.source), t.source) for t in super().load_tests()]
-        sets: list[TestSet] = []
-        for file in self.test_files:
-            same = Path(file).resolve() == Path(self.train_file).resolve()
-            x, y, source = self._file_samples(file, self.n_test, "n_test", last=same)
-            for s in self.test_resolutions:
-                xs, ys = subsample_periodic(x, s, 2, source), subsample_periodic(y, s, 2, source)
-                sets.append(TestSet(grid_name((s, s), [t.name for t in sets]), xs, ys, source))
-        return sets
+        return pair[0], pair[1]

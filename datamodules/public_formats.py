@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-__all__ = ["load_mat", "mat_shape", "take_samples", "subsample_periodic"]
+__all__ = ["load_mat", "mat_shape", "check_subsampling", "subsample_periodic"]
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -113,24 +113,30 @@ def load_mat(
     return out
 
 
-def take_samples(t: Tensor, n: int, *, last: bool, source: str, what: str = "samples") -> Tensor:
-    """The first (training) or last (test) ``n`` samples of ``t``, with an error if there are fewer."""
-    if n > len(t):
-        raise ValueError(f"{source} has {len(t)} {what} but {n} were asked for; lower n_train/n_test")
-    return t[len(t) - n:] if last else t[:n]
+def check_subsampling(resolution: int, grid: int, origin: str) -> None:
+    """Refuse a ``resolution`` that is not every k-th point of a periodic grid of ``grid`` points per axis.
+
+    Every subsampled grid of the project, generated or read, goes through this one rule: ``x_j = j / s`` is a
+    subset of ``x_i = i / grid`` exactly when ``s`` divides ``grid``. ``origin`` names the grid in the message
+    (``solve_resolution=1024``, or a file).
+    """
+    if resolution > grid or grid % resolution:
+        divisors = [d for d in range(2, grid + 1) if grid % d == 0 and d >= grid // 64]
+        raise ValueError(
+            f"resolution {resolution} cannot be subsampled from {origin}: a periodic grid of {grid} points per axis "
+            f"subsamples (every k-th point) only to a divisor of {grid}; use one of {divisors}"
+        )
 
 
 def subsample_periodic(t: Tensor, resolution: int, n_dims: int, source: str) -> Tensor:
-    """Every ``k``-th point of the last ``n_dims`` axes (periodic grids ``x_j = j / s``) to reach ``resolution``."""
+    """Every ``k``-th point of the last ``n_dims`` axes (periodic grids ``x_j = j / s``) to reach ``resolution``.
+
+    The same rule serves cell-centred grids (PDEBench's Darcy): every k-th cell of each axis.
+    """
     s = t.shape[-1]
     if any(d != s for d in t.shape[t.ndim - n_dims:]):
         raise ValueError(f"{source}: grid {tuple(t.shape[t.ndim - n_dims:])} is not square")
-    if resolution > s or s % resolution:
-        divisors = [d for d in range(2, s + 1) if s % d == 0 and d >= s // 64]
-        raise ValueError(
-            f"{source} has {s} grid points per axis, which cannot be subsampled to resolution {resolution}: a "
-            f"periodic grid subsamples only to a divisor of {s}; use one of {divisors}"
-        )
+    check_subsampling(resolution, s, f"the {s} grid points per axis of {source}")
     k = s // resolution
     index = (Ellipsis,) + (slice(None, None, k),) * n_dims
     return t[index]

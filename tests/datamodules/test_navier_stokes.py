@@ -232,7 +232,7 @@ def test_fno_mat_files_keep_the_orientation_and_take_the_last_trajectories_for_t
     one.setup("fit")
     assert len(one._tests[0].x) == 3 * 4  # 4 pairs in each of the last 3 trajectories
     torch.testing.assert_close(one._tests[0].y[0, 0], torch.from_numpy(u[5, :, :, 1]))
-    with pytest.raises(ValueError, match="has only 8, so they would overlap"):
+    with pytest.raises(ValueError, match="has only 8 trajectories, so they would overlap"):
         NavierStokesDataModule(t_in=2, t_out=3, train_file=str(path), test_files=[str(path)], n_train=6, n_test=3,
                                resolution=8, batch_size=2).setup("fit")
 
@@ -259,8 +259,8 @@ def test_neuraloperator_pt_pairs_load_for_the_one_step_task(tmp_path, write_pt):
         ({"w": _fno_u()}, {}, r"no key\(s\) \['u'\]; found \['w'\]"),
         ({"u": _fno_u()[..., 0]}, {}, r"'u' is \(8, 16, 16\); expected \(N, s, s, T\)"),
         ({"u": _fno_u(times=4)}, {}, r"4 snapshots per trajectory but t_in \+ t_out = 5"),
-        ({"u": _fno_u()}, {"n_train": 20}, r"has 8 trajectories but 20 were asked for"),
-        ({"u": _fno_u(s=12)}, {}, r"12 grid points.*resolution 8.*divisor of 12"),
+        ({"u": _fno_u()}, {"n_train": 20}, r"has 8 trajectories but n_train=20 asks for more"),
+        ({"u": _fno_u(s=12)}, {}, r"resolution 8 cannot be subsampled from the 12 grid points.*divisor of 12"),
         ({"u": np.where(_fno_u() == 100.0, np.nan, _fno_u())}, {}, r"'x' contains 1 NaN/Inf values"),
     ],
     ids=["keys", "shape", "snapshots", "count", "resolution", "nan"],
