@@ -74,6 +74,7 @@ __all__ = [
     "EpochShuffleSampler",
     "ResumableDataLoader",
     "channel_stats",
+    "check_targets",
     "as_fields",
     "grid_name",
 ]
@@ -255,6 +256,29 @@ def grid_name(shape: Sequence[int], taken: Sequence[str] = ()) -> str:
     while name in taken:  # e.g. two test files on one grid
         name, k = f"{base}_{k}", k + 1
     return name
+
+
+def check_targets(y: Tensor, source: str, training: bool) -> None:
+    """Refuse degenerate targets ``y`` (``(N, C, *spatial)``): a sample that is zero everywhere (the relative L2
+    loss and metric divide by its norm, so one such sample drives the validation L2 to ~1e6), or, in training
+    data, a channel that is the same constant in every sample (zero variance: there is no operator to learn)."""
+    norms = y.flatten(1).abs().square().sum(1)
+    zero = (norms == 0).nonzero().flatten()
+    if len(zero):
+        shown = ", ".join(map(str, zero[:5].tolist())) + (", ..." if len(zero) > 5 else "")
+        raise ValueError(
+            f"{source}: 'y' is zero everywhere in {len(zero)} sample(s) (first: {shown}); the relative L2 loss divides "
+            f"by each target's norm, so these samples cannot be scored: remove them from the file or fix the data"
+        )
+    if training and len(y) > 1:
+        per_channel = y.transpose(0, 1).flatten(1)
+        constant = (per_channel == per_channel[:, :1]).all(1).nonzero().flatten().tolist()
+        if constant:
+            value = per_channel[constant[0], 0].item()
+            raise ValueError(
+                f"{source}: 'y' channel(s) {constant} hold the same value ({value:g}) at every point of all {len(y)} "
+                f"samples (zero variance); a constant target has nothing to learn: check the file's keys and layout"
+            )
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -575,8 +599,9 @@ class PDEDataModule(LightningDataModule):
         ]
 
     # ================================================================== checks
-    def check_fields(self, fields: Fields) -> Fields:
-        """Validate a set of samples; return it as float32 (complex64 for complex data)."""
+    def check_fields(self, fields: Fields, training: bool = False) -> Fields:
+        """Validate a set of samples (``training``: the training file, whose targets must vary); return it as
+        float32 (complex64 for complex data)."""
         x, y, src = fields
         for key, t, channels in (("x", x, self.in_channels), ("y", y, self.out_channels)):
             expected = f"(N, {channels}, {', '.join(['s'] * self.n_dims)})"
@@ -613,6 +638,7 @@ class PDEDataModule(LightningDataModule):
                     f"{src}: '{key}' contains {int(bad.sum())} NaN/Inf values (first in sample {first}); clean the "
                     f"file or regenerate the data"
                 )
+        check_targets(y, src, training)
         return Fields(x, y, src)
 
     # ================================================================== setup
@@ -646,7 +672,7 @@ class PDEDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check every split, hold out validation, fit the statistics (every stage: all are cheap)."""
-        train = self.check_fields(Fields(*self.load_train()))
+        train = self.check_fields(Fields(*self.load_train()), training=True)
         n = len(train.x)
         n_val = max(1, round(self.val_fraction * n))
         if n - n_val < 1:

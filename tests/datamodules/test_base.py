@@ -286,3 +286,30 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
         save_pt_atomic({"a": torch.zeros(2)}, target)
     assert torch.load(target, weights_only=True)["a"].sum() == 2  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]  # and no temporary file is left
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("zero_sample", r"bad\.pt: 'y' is zero everywhere in 1 sample\(s\) \(first: 7\)"),
+        ("constant", r"bad\.pt: 'y' channel\(s\) \[0\] hold the same value \(3\) at every point of all 20 samples"),
+    ],
+)
+def test_degenerate_targets_are_refused_at_setup_naming_the_file_and_sample(tmp_path, write_pt, bad, message):
+    y = torch.rand(20, 8) + 0.5
+    if bad == "zero_sample":
+        y[7] = 0.0
+    else:
+        y[:] = 3.0
+    train = write_pt("bad.pt", {"x": torch.rand(20, 8), "y": y})
+    test = write_pt("ok.pt", {"x": torch.rand(6, 8), "y": torch.rand(6, 8) + 0.5})
+    dm = _toy(tmp_path, train_file=train, test_files=[test])
+    with pytest.raises(ValueError, match=message):
+        dm.setup("fit")
+    # a zero test sample is refused too: the metric would divide by its norm
+    y_test = torch.rand(6, 8)
+    y_test[2] = 0.0
+    zero_test = write_pt("zero_test.pt", {"x": torch.rand(6, 8), "y": y_test})
+    good = write_pt("good.pt", {"x": torch.rand(20, 8), "y": torch.rand(20, 8) + 0.5})
+    with pytest.raises(ValueError, match=r"zero_test\.pt: 'y' is zero everywhere in 1 sample\(s\) \(first: 2\)"):
+        _toy(tmp_path, train_file=good, test_files=[zero_test]).setup("fit")

@@ -255,7 +255,7 @@ def _files(tmp_path, write_pt, train_obj, **kw):
         ({"x": torch.zeros(12, 16), "y": torch.zeros(10, 16)}, "x has 12 samples but y has 10"),
         ({"x": torch.zeros(12, 16, dtype=torch.int64), "y": torch.zeros(12, 16)}, "dtype torch.int64"),
         ({"x": torch.zeros(12, 16), "y": torch.full((12, 16), float("nan"))}, r"'y' contains 192 NaN/Inf"),
-        ({"x": torch.zeros(12, 24), "y": torch.zeros(12, 24)}, r"resolution 16 cannot be subsampled from the 24 grid points.*divisor of 24"),
+        ({"x": torch.zeros(12, 24), "y": torch.zeros(12, 24)}, r"16 cannot .* the 24 grid points.*of 24"),
         ({"x": torch.zeros(6, 16), "y": torch.zeros(6, 16)}, r"has 6 samples but n_train=12 asks for more"),
     ],
     ids=["keys", "shape", "count", "dtype", "nan", "resolution", "too-few"],
