@@ -1,31 +1,68 @@
 """The ``tgalore`` command line: LightningCLI over OperatorModule and any PDEDataModule.
 
-    tgalore fit                                   # the default job: configs/defaults.yaml
+    tgalore fit                                   # the default job (DEFAULT_CONFIGS below)
     tgalore fit -c configs/experiments/darcy_adamw.yaml
-    tgalore fit --ckpt_path last                  # resume the newest run of this config
-    tgalore test --ckpt_path runs/darcy/version_0/checkpoints/last.ckpt
+    tgalore fit --ckpt_path last                  # resume the newest run of this config, in its own directory
+    tgalore test --ckpt_path best                 # evaluate that run's best checkpoint (or last, or a file)
     tgalore fit --print_config                    # the resolved configuration
     tgalore memory -c configs/paper/darcy.yaml    # predicted memory by category, AdamW vs the chosen optimizer
+
+A user's mistake stops the command with ``error: <what, and the fix>`` and exit status 1, checked before anything
+is written; ``TGALORE_TRACEBACK=1`` shows the traceback as well.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import re
+import shutil
+import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from app.module import OperatorModule
+from app.resume import DATA_IDENTITY_KEY, data_differences, optimizer_differences
 from datamodules.base import PDEDataModule
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "defaults.yaml"
+#: the default job, composed in this order (each file is one group of settings; -c files apply on top)
+DEFAULT_CONFIGS = [
+    CONFIG_DIR / "trainer" / "default.yaml",
+    CONFIG_DIR / "model" / "fno2d.yaml",
+    CONFIG_DIR / "optim" / "tensor_galore.yaml",
+    CONFIG_DIR / "optim" / "cosine.yaml",
+    CONFIG_DIR / "data" / "darcy.yaml",
+]
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: set to a non-empty value to see the traceback of a user error (``error: ...`` otherwise)
+TRACEBACK_ENV = "TGALORE_TRACEBACK"
+
+DESCRIPTION = """\
+tgalore: train Fourier Neural Operators on PDE data with Tensor-GaLore (Adam whose moments live in a Tucker
+subspace of each spectral weight's gradient), on PyTorch Lightning.
+
+commands:
+  fit        train; with no options the default job (an FNO on generated Darcy flow), then test the best
+             checkpoint. `fit --ckpt_path last` resumes the newest run of the configuration
+  validate   evaluate a checkpoint on the validation split (--ckpt_path last|best|<file>)
+  test       evaluate a checkpoint on every test set (--ckpt_path last|best|<file>)
+  predict    write predictions of a checkpoint (.pt and .png per batch; --ckpt_path last|best|<file>)
+  memory     predicted training memory by category, AdamW vs the configured optimizer (`tgalore memory --help`)
+
+`tgalore <command> --help` lists a command's options; `tgalore fit --print_config` prints the configuration.
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description kept as written (it lists the commands)."""
 
 
 def _logger_init_args(trainer_cfg: Namespace) -> Namespace | None:
@@ -48,13 +85,47 @@ def resolve_last_checkpoint(save_dir: str, name: str | None) -> Path:
     candidates = [c for c in candidates if c.is_file()]
     if not candidates:
         raise FileNotFoundError(
-            f"--ckpt_path last: no run under {root} has checkpoints/last.ckpt, so there is nothing to resume. "
-            f"Start a new run without --ckpt_path, or pass the path of a .ckpt file"
+            f"--ckpt_path last: no run under {root} has checkpoints/last.ckpt, so there is nothing to resume or "
+            f"evaluate. Start a new run without --ckpt_path, or pass the path of a .ckpt file"
         )
     return max(candidates, key=lambda c: c.stat().st_mtime)
 
 
+def resolve_best_checkpoint(save_dir: str, name: str | None) -> Path:
+    """The best checkpoint of the newest run under ``<save_dir>/<name>``, as its ``last.ckpt`` records it (the
+    checkpoint callback's ``best_model_path``)."""
+    import torch
+
+    last = resolve_last_checkpoint(save_dir, name)
+    try:
+        states = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    except Exception as err:  # a damaged last.ckpt: check_checkpoint_file says what is wrong with it
+        raise ValueError(f"--ckpt_path best: the run's {last} cannot be read ({type(err).__name__})") from None
+    recorded = [s.get("best_model_path") for s in states.values() if isinstance(s, dict) and "best_model_path" in s]
+    recorded = [p for p in recorded if p]
+    if not recorded:
+        raise ValueError(
+            f"--ckpt_path best: the newest run {last.parent.parent} has no best checkpoint: its checkpoint callback "
+            f"monitors no metric (monitor: null) or has not validated yet. Use --ckpt_path last or a file from "
+            f"{last.parent}"
+        )
+    for p in map(Path, recorded):
+        for candidate in (p, last.parent / p.name):  # a relative path is relative to where the run was started
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"--ckpt_path best: the newest run {last.parent.parent} records {recorded[0]} as its best checkpoint, but "
+        f"that file is gone. Use --ckpt_path last or a file from {last.parent}"
+    )
+
+
 _RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch", "global_step")
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, without torch's advice to load untrusted files with ``weights_only=False``."""
+    lines = [ln for ln in str(err).splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else type(err).__name__
 
 
 def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
@@ -77,7 +148,7 @@ def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for truncated, corrupt or foreign files
         raise ValueError(
-            f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}): "
+            f"--ckpt_path {path} cannot be read as a checkpoint ({type(err).__name__}: {_first_line(err)}): "
             f"it is truncated, corrupt or not a torch checkpoint{hint}"
         ) from None
     try:
@@ -98,8 +169,51 @@ def check_checkpoint_file(path: str | Path, subcommand: str = "fit") -> None:
         raise ValueError(f"--ckpt_path {path} is not {what}: it has no {missing} (found {found}){hint}")
 
 
+def check_save_dir(save_dir: str | os.PathLike) -> None:
+    """Refuse a ``save_dir`` that cannot hold run directories (a file on its path, or not writable), without
+    creating anything."""
+    path = Path(save_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"trainer.logger.init_args.save_dir={save_dir}: {existing} is a file, so no run directory can be made "
+            f"there; choose another save_dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"trainer.logger.init_args.save_dir={save_dir}: {existing} is not writable; choose another save_dir"
+        )
+
+
+#: what every run writes when it starts: a run directory holding only these recorded nothing worth keeping
+_START_FILES = re.compile(r"config(_resume\d+)?\.yaml|hparams\.yaml|events\.out\.tfevents\..*")
+
+
+def _discard_run_dir(run_dir: Path) -> bool:
+    """Remove ``run_dir`` if it holds nothing but the files every run writes at its start (and empty folders)."""
+    if not run_dir.is_dir():
+        return False
+    files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+    if any(not _START_FILES.fullmatch(p.name) for p in files):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
+def _flat_keys(args: Any) -> list[str]:
+    """The ``--model.*`` keys given on a command line (``--model.a.b=v`` or ``--model.a.b v``)."""
+    if not isinstance(args, (list, tuple)):
+        return []
+    return [a[2:].split("=", 1)[0] for a in args if isinstance(a, str) and a.startswith("--model.")]
+
+
 class TGaloreCLI(LightningCLI):
-    """LightningCLI with tgalore's links and conveniences (resume of the same run dir, test after fit)."""
+    """LightningCLI with tgalore's links and checks: resume in the checkpoint's own run directory, checkpoint /
+    data / optimizer checks before anything is written, evaluation only of trained weights, test after fit, no run
+    directory left by a run that failed before its first step, plain progress lines when stdout is no terminal."""
+
+    _start_step = 0
+    _run_dir: Path | None = None  # the run directory this run creates (None: it existed, or there is no logger)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -112,52 +226,153 @@ class TGaloreCLI(LightningCLI):
         for key in ("in_channels", "out_channels", "complex_data"):
             parser.link_arguments(f"data.{key}", f"model.model.init_args.{key}", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = sys.argv[1:] if args is None else args
+        super().parse_arguments(parser, args)
+
+    # ------------------------------------------------------------------ --ckpt_path
     def _parse_ckpt_path(self) -> None:
-        """Check a given ``--ckpt_path`` file first. ``fit`` resumes the run this configuration describes: the
-        checkpoint must hold that model (``OperatorModule.on_load_checkpoint`` says how it differs); Lightning's
-        default would silently replace the configured model by the checkpoint's. Other subcommands keep that
-        default, so ``tgalore test --ckpt_path x.ckpt`` evaluates the checkpoint's model without its config."""
+        """Resolve and check ``--ckpt_path`` before anything is built. Evaluation needs one: ``validate``, ``test``
+        and ``predict`` refuse to score freshly initialised weights. ``last`` and ``best`` are resolved from the
+        configured run (``<save_dir>/<name>``). ``fit`` resumes the run this configuration describes (the model,
+        data and optimizer are checked in ``before_fit``); the other subcommands evaluate the checkpoint's own
+        model (Lightning's default), and say which ``--model.*`` options that ignores."""
         sub = self.config.get("subcommand")
-        ckpt_path = self.config[sub].get("ckpt_path") if sub in SUBCOMMANDS else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
-            check_checkpoint_file(ckpt_path, sub)
-        if sub != "fit":
-            super()._parse_ckpt_path()
+        if sub not in SUBCOMMANDS:
+            return
+        cfg = self.config[sub]
+        ckpt_path = cfg.get("ckpt_path")
+        if sub != "fit" and not ckpt_path:
+            raise ValueError(
+                f"{sub} evaluates trained weights: give --ckpt_path last (the newest run of this configuration), "
+                f"best (that run's best checkpoint) or the path of a .ckpt file; without it {sub} would score a "
+                f"freshly initialised model"
+            )
+        if ckpt_path in ("last", "best"):
+            tb = _logger_init_args(cfg.trainer)
+            if tb is None:
+                raise ValueError(
+                    f"--ckpt_path {ckpt_path} looks for the run under the TensorBoard logger's save_dir/name, and "
+                    f"this configuration has no TensorBoardLogger; pass the path of a .ckpt file"
+                )
+            if ckpt_path == "best" and sub == "fit":
+                raise ValueError(
+                    "fit --ckpt_path best would resume from an earlier point than the run reached and then overwrite "
+                    "its later checkpoints; resume with --ckpt_path last, or start a new run"
+                )
+            resolve = resolve_last_checkpoint if ckpt_path == "last" else resolve_best_checkpoint
+            cfg.ckpt_path = str(resolve(tb.save_dir, tb.get("name")))
+            log.info("--ckpt_path %s: %s", ckpt_path, cfg.ckpt_path)
+        if cfg.ckpt_path and cfg.ckpt_path not in ("hpc", "registry"):
+            check_checkpoint_file(cfg.ckpt_path, sub)
+        if sub == "fit":
+            return
+        given = _flat_keys(self._args)
+        before = {k: cfg.get(k) for k in given}
+        super()._parse_ckpt_path()
+        ignored = [k for k in given if self.config[sub].get(k) != before[k]]
+        if ignored:
+            log.warning(
+                "%s evaluates the checkpoint's own model, so these options are ignored: %s (the checkpoint's "
+                "values: %s)", sub, ", ".join(f"--{k}" for k in ignored),
+                ", ".join(f"{k}={self.config[sub].get(k)!r}" for k in ignored),
+            )
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
         if sub not in SUBCOMMANDS:
             return
         cfg = self.config[sub]
-        ckpt_path = cfg.get("ckpt_path")
-        if not ckpt_path:
-            return
         tb = _logger_init_args(cfg.trainer)
-        if ckpt_path == "last":
-            if tb is None:
-                return  # let Lightning resolve it from ModelCheckpoint's dirpath
-            ckpt = resolve_last_checkpoint(tb.save_dir, tb.get("name"))
-            check_checkpoint_file(ckpt, sub)
-            cfg.ckpt_path = str(ckpt)
-            log.info("resuming from %s", ckpt)
-        elif ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        # A resumed fit keeps logging into the run directory its checkpoint came from.
-        ckpt = Path(cfg.ckpt_path)
-        if sub == "fit" and tb is not None and ckpt.parent.name == "checkpoints" and tb.get("version") is None:
-            tb.version = ckpt.parent.parent.name
-            self._keep_run_config(ckpt.parent.parent)
+        if tb is not None:
+            check_save_dir(tb.save_dir)
+        ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") not in (None, "hpc", "registry") else None
+        if sub != "fit" or tb is None or ckpt is None or ckpt.parent.name != "checkpoints":
+            return
+        # A resume continues in the checkpoint's own run directory, never in another run that has its version name.
+        run_dir = ckpt.parent.parent
+        if tb.get("version") is not None:
+            configured = Path(tb.save_dir) / (tb.get("name") or "") / (
+                tb.version if isinstance(tb.version, str) else f"version_{tb.version}"
+            )
+            if configured.resolve() != run_dir.resolve():
+                raise ValueError(
+                    f"--ckpt_path {ckpt} belongs to the run {run_dir}, but trainer.logger.init_args.version="
+                    f"{tb.version} would continue it in {configured}; a resume continues in the checkpoint's own "
+                    f"run directory: drop the version option"
+                )
+        if (Path(tb.save_dir) / (tb.get("name") or "")).resolve() != run_dir.parent.resolve():
+            log.info("resuming the run %s (the checkpoint's own run directory)", run_dir)
+        tb.save_dir, tb.name, tb.version = str(run_dir.parent.parent), run_dir.parent.name, run_dir.name
+        self._keep_run_config(run_dir)
 
     def _keep_run_config(self, run_dir: Path) -> None:
         """A resumed run records its configuration next to the run's, never over it: ``config.yaml`` stays what the
-        run was started with and each resume adds ``config_resume<k>.yaml`` (even one that then fails)."""
+        run was started with and each resume adds ``config_resume<k>.yaml``."""
         if not (run_dir / self.save_config_kwargs.get("config_filename", "config.yaml")).exists():
             return
         k = 1
         while (run_dir / f"config_resume{k}.yaml").exists():
             k += 1
-        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_resume{k}.yaml"}
+        self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config_resume{k}.yaml",
+                                   "overwrite": False}
 
+    # ------------------------------------------------------------------ checks before anything is written
+    def before_fit(self) -> None:
+        """Build the optimizer and LR schedule once (their options are checked now, not after data setup), and
+        check a resumed checkpoint's model, data and optimizer against this configuration."""
+        built = self.model.configure_optimizers()
+        optimizer = built["optimizer"] if isinstance(built, dict) else built
+        ckpt_path = self.config.fit.get("ckpt_path")
+        if not ckpt_path or ckpt_path in ("hpc", "registry"):
+            return
+        import torch
+
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        self._start_step = int(ckpt.get("global_step", 0))
+        self.model.on_load_checkpoint(ckpt)  # the model: raises with the differences
+        problems = data_differences(ckpt.get(DATA_IDENTITY_KEY), self.datamodule.identity()) if hasattr(
+            self.datamodule, "identity") else []
+        what = "other data than"
+        if not problems:
+            problems = optimizer_differences(ckpt, self.config.fit.model.get("optimizer"), optimizer.param_groups)
+            what = "another optimizer than"
+        if problems:
+            raise ValueError(
+                f"the checkpoint {ckpt_path} was trained with {what} this configuration describes:\n  "
+                + "\n  ".join(problems) + "\nResume with the configuration it was trained with (the config.yaml in its "
+                "run directory: `tgalore fit -c <run dir>/config.yaml --ckpt_path <checkpoint>`), or start a new run "
+                "without --ckpt_path"
+            )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; on a failure, remove the run directory this run created if it holds nothing of value (no
+        checkpoint, no prediction, and for ``fit`` no completed training step)."""
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
+        run_dir = Path(log_dir) if log_dir else None
+        self._run_dir = run_dir if run_dir is not None and not run_dir.exists() else None
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            stepped = subcommand == "fit" and self.trainer.global_step > self._start_step
+            if self._run_dir is not None and self.trainer.is_global_zero and not stepped:
+                if _discard_run_dir(self._run_dir):
+                    log.info("removed %s: the run failed before it recorded anything", self._run_dir)
+            raise
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        """Lightning's trainer, with plain progress lines instead of a bar when stdout is not a terminal (unless
+        the configuration names a progress bar itself)."""
+        from lightning.pytorch.callbacks import ProgressBar
+
+        from callbacks.progress import Bar, PlainProgressBar
+
+        configured = [c for c in [*(config.get("callbacks") or []), *callbacks] if isinstance(c, ProgressBar)]
+        if config.get("enable_progress_bar", True) is not False and not configured:
+            callbacks = [*callbacks, Bar() if sys.stdout.isatty() else PlainProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    # ------------------------------------------------------------------ after fit
     def after_fit(self) -> None:
         if not self.config.fit.get("test_after_fit", True) or self.trainer.interrupted:
             return
@@ -178,26 +393,74 @@ class TGaloreCLI(LightningCLI):
         print("\n".join(lines))  # the CLI's own report to the user
 
 
+def _config_files(args: list[str]) -> list[Path]:
+    """The default config files, then every ``-c``/``--config`` file of ``args``, in order."""
+    files = list(DEFAULT_CONFIGS)
+    for i, a in enumerate(args):
+        if a in ("-c", "--config") and i + 1 < len(args):
+            files.append(Path(args[i + 1]))
+        elif a.startswith("--config="):
+            files.append(Path(a.split("=", 1)[1]))
+    return files
+
+
+def optimizer_help_note(args: list[str]) -> str:
+    """What ``--model.optimizer.help`` adds below the class's own defaults: the values the configuration sets."""
+    import yaml
+
+    i = args.index("--model.optimizer.help") if "--model.optimizer.help" in args else -1
+    wanted = args[i + 1] if 0 <= i < len(args) - 1 else ""
+    cls, init, sources = None, {}, []
+    for f in _config_files(args):
+        try:
+            opt = ((yaml.safe_load(f.read_text()) or {}).get("model") or {}).get("optimizer")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(opt, dict) and opt.get("class_path"):
+            if opt["class_path"] != cls:
+                cls, init, sources = opt["class_path"], {}, []
+            init.update(opt.get("init_args") or {})
+            sources.append(str(f.relative_to(CONFIG_DIR.parent)) if f.is_relative_to(CONFIG_DIR.parent) else str(f))
+    lines = ["", "The defaults above are the class's own."]
+    if cls and (wanted == cls or cls.endswith("." + wanted)):
+        values = ", ".join(f"{k}={v!r}" for k, v in init.items())
+        lines.append(f"This configuration sets ({', '.join(sources)}): {values}.")
+    else:
+        files = CONFIG_DIR.rglob("*.yaml")
+        users = sorted(str(p.relative_to(CONFIG_DIR.parent)) for p in files if wanted and wanted in p.read_text())
+        lines.append(f"Configs that use it: {', '.join(users) if users else 'none'}.")
+    lines.append("`tgalore fit --print_config` shows every value in effect.")
+    return "\n".join(lines)
+
+
 def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreCLI:
     """Entry point of ``tgalore`` and ``python -m app``; ``args`` lets tests drive it from Python."""
     if not logging.getLogger().handlers:  # the CLI owns the process: show our INFO messages (data generation)
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Lightning 2.6 calls a torch API that torch 2.13 deprecated, once per step: noise for a user of the CLI.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    defaults = [str(DEFAULT_CONFIG)] if DEFAULT_CONFIG.is_file() else []
-    parser_kwargs = {sub: {"default_config_files": defaults} for sub in SUBCOMMANDS} if run else {
-        "default_config_files": defaults
-    }
-    return TGaloreCLI(
-        OperatorModule,
-        PDEDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=parser_kwargs,
-        args=args,
-        run=run,
-    )
+    defaults = [str(p) for p in DEFAULT_CONFIGS if p.is_file()]
+    if run:
+        parser_kwargs: dict[str, Any] = {sub: {"default_config_files": defaults} for sub in SUBCOMMANDS}
+        parser_kwargs.update(prog="tgalore", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    else:
+        parser_kwargs = {"default_config_files": defaults}
+    argv = sys.argv[1:] if args is None else args
+    try:
+        return TGaloreCLI(
+            OperatorModule,
+            PDEDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
+            args=args,
+            run=run,
+        )
+    except SystemExit as stop:
+        if stop.code in (0, None) and isinstance(argv, list) and "--model.optimizer.help" in argv:
+            print(optimizer_help_note(argv))
+        raise
 
 
 def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
@@ -252,20 +515,43 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
     return rows
 
 
-def main() -> None:
-    """Console-script entry point (``tgalore``): returns nothing, so the exit status is 0 on success."""
-    import sys
+#: torch's message for a file ``weights_only=True`` refuses, which advises loading it unsafely: never passed on
+_TORCH_UNSAFE_ADVICE = re.compile(r"Weights only load failed\..*?torch\.load\.html\.?", re.S)
 
+
+def user_message(err: BaseException) -> str:
+    """The text of ``error: ...`` for a user's mistake (never advice to load an untrusted file unsafely)."""
+    message = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and not message.startswith("--"):
+        if message.startswith("[Errno"):  # the OS's own message: say which path
+            message = f"{err.strerror or type(err).__name__}: {err.filename}"
+    return _TORCH_UNSAFE_ADVICE.sub("not a file torch loads with weights_only=True", message)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return (ValueError, TypeError, OSError, MisconfigurationException)  # OSError: FileNotFoundError, FileExistsError...
+
+
+def main() -> None:
+    """Console-script entry point (``tgalore``): exit status 0 on success; a user's mistake prints ``error: ...``
+    (no traceback unless ``TGALORE_TRACEBACK`` is set) and exits with 1."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    if len(sys.argv) > 1 and sys.argv[1] == "memory":
-        memory_main(sys.argv[2:])
-        return
     try:
+        if len(sys.argv) > 1 and sys.argv[1] == "memory":
+            memory_main(sys.argv[2:])
+            return
         cli_main()
     except SIGTERMException:  # Lightning saved a checkpoint (save_on_exception); exit as a terminated process
         log.warning("stopped by SIGTERM; resume with `--ckpt_path last`")
         raise SystemExit(143) from None  # 128 + SIGTERM: a scheduler must not read this as a finished job
+    except _user_errors() as err:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        sys.stderr.write(f"error: {user_message(err)}\n(set {TRACEBACK_ENV}=1 to see where it was raised)\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

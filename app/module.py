@@ -13,6 +13,7 @@ datamodule at ``setup`` into buffers (saved with every checkpoint). Losses and m
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -20,11 +21,15 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from neuralop.models.base_model import BaseModel
 from torch import Tensor, nn
+from torch.nn.modules.loss import _Loss  # torch's loss base class: the CLI's --model.loss lists its subclasses
 from torchmetrics import MetricCollection
 
-from app.metrics import RelativeH1, RelativeL2, RelativeL2Loss
+from app.lr_schedules import CosineToEnd
+from app.metrics import RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss
 from app.param_groups import split_param_groups
+from app.resume import DATA_IDENTITY_KEY, data_differences
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,8 @@ class OperatorModule(LightningModule):
 
     def __init__(
         self,
-        model: nn.Module,
-        loss: nn.Module | None = None,
+        model: BaseModel,
+        loss: RelativeL2Loss | RelativeH1Loss | _Loss | None = None,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -294,6 +299,8 @@ class OperatorModule(LightningModule):
         self.log("val/loss", self.loss_fn(pred, y), prog_bar=False, batch_size=y.shape[0], sync_dist=True)
         self.val_metrics.update(pred, y)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=y.shape[0])
+        # TensorBoard's hparams view shows hp_metric (a placeholder -1 until something is logged): the val L2
+        self.log("hp_metric", self.val_metrics["l2"], batch_size=y.shape[0])
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         pred, y = self._step(batch)
@@ -304,6 +311,9 @@ class OperatorModule(LightningModule):
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
         out = {"pred": self(batch["x"])}
         out.update({k: v for k, v in batch.items()})
+        decode_x = getattr(self.trainer.datamodule, "decode_x", None) if self._trainer is not None else None
+        if callable(decode_x):  # x arrives normalised; pred and y are in physical units, so is what predict writes
+            out["x"] = decode_x(batch["x"])
         return out
 
     # ------------------------------------------------------------------ optim
@@ -321,17 +331,51 @@ class OperatorModule(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if isinstance(scheduler, CosineToEnd) and self._trainer is not None:
+            scheduler.set_length(self._run_length(), self.scheduler_interval)
         config = {"scheduler": scheduler, "interval": self.scheduler_interval}
         if self.automatic_optimization:  # with fused updates the module steps the scheduler itself
             config["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": config}
 
+    def _run_length(self) -> int:
+        """The run's length in scheduler steps: ``max_epochs`` (interval ``epoch``) or optimizer steps."""
+        trainer = self.trainer
+        if self.scheduler_interval == "epoch":
+            if trainer.max_epochs is None or trainer.max_epochs < 1:
+                raise ValueError(
+                    f"the LR schedule steps per epoch and follows trainer.max_epochs, which is {trainer.max_epochs}; "
+                    f"set trainer.max_epochs, or model.scheduler_interval=step to follow trainer.max_steps"
+                )
+            return int(trainer.max_epochs)
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("the LR schedule follows the run's length, but neither trainer.max_epochs nor "
+                             "trainer.max_steps bounds it; set one of them")
+        return int(steps)
+
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        identity = getattr(self.trainer.datamodule, "identity", None) if self._trainer is not None else None
+        if callable(identity):  # what the data is: a resume on other data is refused (app.resume)
+            checkpoint[DATA_IDENTITY_KEY] = identity()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse, with the differences, a checkpoint of another network (before Lightning loads its weights)."""
+        """Refuse, with the differences, a checkpoint of another network (before Lightning loads its weights), and
+        a resumed fit on other data than the checkpoint was trained on."""
         problems = _model_differences(checkpoint, self.hparams, self.state_dict())
+        source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        dm = self.trainer.datamodule if fitting else None
+        if not problems and callable(getattr(dm, "identity", None)):
+            data = data_differences(checkpoint.get(DATA_IDENTITY_KEY), dm.identity())
+            if data:
+                raise ValueError(
+                    f"the checkpoint {source or ''} was trained on other data than this configuration describes:\n  "
+                    + "\n  ".join(data) + "\nResume with the data it was trained on (the config.yaml in its run "
+                    "directory), or start a new run without --ckpt_path"
+                )
         if problems:
-            source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
             raise ValueError(
                 f"the checkpoint {source or ''} was saved from a different model than this configuration describes:"
                 f"\n  " + "\n  ".join(problems) + "\nUse the configuration it was trained with (the config.yaml in "

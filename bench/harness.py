@@ -43,7 +43,7 @@ from app.metrics import RelativeL2Loss, relative_h1, relative_l2
 log = logging.getLogger("bench.harness")
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS_YAML = REPO / "configs" / "defaults.yaml"
+DEFAULTS_YAML = REPO / "configs" / "optim" / "tensor_galore.yaml"  # the default job's optimizer
 
 __all__ = [
     "Hyper",
@@ -216,7 +216,7 @@ def paired_relative_change(ours: Sequence[float], base: Sequence[float]) -> tupl
 
 @dataclass(frozen=True)
 class Hyper:
-    """What every method shares: from ``configs/defaults.yaml`` (the default job)."""
+    """What every method shares: from the default job's optimizer (``configs/optim/tensor_galore.yaml``)."""
 
     lr: float = 5e-3
     weight_decay: float = 1e-4
@@ -229,7 +229,7 @@ class Hyper:
 
 def default_hyper(path: Path = DEFAULTS_YAML) -> Hyper:
     """lr, weight decay, ``update_proj_gap``, ``scale`` and ``proj_modes`` of the default job's optimizer
-    (``configs/defaults.yaml``)."""
+    (``configs/optim/tensor_galore.yaml``)."""
     cfg = yaml.safe_load(path.read_text())
     init = cfg["model"]["optimizer"]["init_args"]
     return Hyper(

@@ -20,7 +20,8 @@ leave an empty file after the rename) and each kill strands a checkpoint-sized f
 
 A checkpoint written on an exception (``save_on_exception``; SIGTERM from a scheduler raises one) is named
 ``interrupted-step<N>.ckpt`` (and ``last.ckpt``), not by the ``filename`` pattern, which would show a stale or zero
-validation score.
+validation score; only the newest such file is kept. A failure before this run has completed a training step
+writes nothing: it would replace ``last.ckpt`` with the state the run started from (or an untrained model).
 
 A step checkpoint (``every_n_train_steps``) that falls on the last batch of an epoch is written when the epoch ends
 (after its validation) instead: Lightning 2.6 resumes from a last-batch checkpoint with the right weights but skips
@@ -138,6 +139,7 @@ class SafeModelCheckpoint(ModelCheckpoint):
     """
 
     _save_at_epoch_end = False
+    _start_step: int | None = None  # global_step when this run's training started (None: not started)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -171,10 +173,24 @@ class SafeModelCheckpoint(ModelCheckpoint):
         looked like a scored checkpoint."""
         if self.dirpath is None or not self._should_save_on_exception(trainer):
             return
+        if self._start_step is None or trainer.global_step <= self._start_step:
+            log.info(
+                "%s stopped the run before it completed a training step; no checkpoint written (last.ckpt, if any, "
+                "is unchanged)", type(exception).__name__,
+            )
+            return
         path = os.path.join(self.dirpath, f"interrupted-step{trainer.global_step:06d}{self.FILE_EXTENSION}")
         self._save_checkpoint(trainer, path)
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         log.info("%s stopped training at step %d; saved %s", type(exception).__name__, trainer.global_step, path)
+        if trainer.is_global_zero:  # keep only the newest interrupted-step file
+            for old in Path(self.dirpath).glob(f"interrupted-step*{self.FILE_EXTENSION}"):
+                if old.name != os.path.basename(path):
+                    old.unlink(missing_ok=True)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start_step = trainer.global_step
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Runs after Lightning has resolved --ckpt_path (unknown in setup) and before anything is written.
@@ -182,6 +198,13 @@ class SafeModelCheckpoint(ModelCheckpoint):
         if self.dirpath is not None and trainer.is_global_zero:
             for p in remove_stale_temporaries(self.dirpath):
                 log.info("removed %s, the partial write of a killed run", p)
+        if trainer.ckpt_path is not None and self.dirpath is not None and not self.last_model_path:
+            # A resume continues this run, so its last.ckpt is ours to replace. Lightning restores last_model_path
+            # only when the checkpoint was saved in this very directory; for a run that was moved or copied it would
+            # write last-v1.ckpt and leave a stale last.ckpt for the next `--ckpt_path last`.
+            last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            if last.is_file():
+                self.last_model_path = str(last)
         if trainer.ckpt_path is not None or self.dirpath is None or trainer.fast_dev_run:
             return
         existing = sorted(Path(self.dirpath).glob("*.ckpt")) if Path(self.dirpath).is_dir() else []

@@ -92,7 +92,9 @@ class PredictionImages(Callback):
             return
         with torch.no_grad():
             pred = pl_module(batch["x"].to(pl_module.device)).cpu()
-        fig = field_figure(batch["x"], batch["y"], pred, title=f"epoch {trainer.current_epoch}")
+        decode_x = getattr(trainer.datamodule, "decode_x", None)  # the loader's x is normalised; draw physical units
+        x = decode_x(batch["x"]) if callable(decode_x) else batch["x"]
+        fig = field_figure(x, batch["y"], pred, title=f"epoch {trainer.current_epoch}")
         for lg in loggers:
             lg.experiment.add_figure("val/predictions", fig, global_step=trainer.global_step)
         import matplotlib.pyplot as plt

@@ -19,8 +19,9 @@ __all__ = ["PredictionWriter"]
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Save every predicted batch as ``<output_dir>/batch_<k>.pt`` (dict of CPU tensors: ``pred``, ``y``, ``x``)
-    plus ``batch_<k>.png`` with the first ``n_plot`` samples.
+    """Save every predicted batch as ``<output_dir>/batch_<k>.pt`` (dict of CPU tensors ``pred``, ``y``, ``x``, all
+    in physical units: ``OperatorModule.predict_step`` decodes the normalised input) plus ``batch_<k>.png`` with the
+    first ``n_plot`` samples.
 
     Args:
         output_dir: where to write; default ``<run dir>/predictions``. An existing non-empty directory is refused

@@ -769,6 +769,31 @@ class PDEDataModule(LightningDataModule):
         self._require("predict")
         return self._loader(self._tests[0], self.test_batch_size)
 
+    # ================================================================== identity
+    def identity(self) -> dict[str, Any]:
+        """What the training data is, as plain data (checkpoints record it; a resume on other data is refused):
+        the class, the source (``train_file``, or the seed and generator settings), the grid, the sample count, the
+        validation split and the normalisation statistics (``None`` until ``setup`` has fitted or a checkpoint has
+        restored them; complex statistics as ``[re, im]`` pairs). Test sets are not part of it."""
+
+        def plain(t: Tensor | None) -> list | None:
+            if t is None:
+                return None
+            t = t.detach().cpu()
+            return (torch.view_as_real(t) if t.is_complex() else t).flatten().tolist()
+
+        generated = self.train_file is None
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "train_file": self.train_file,
+            "generator": {"seed": self.seed, **self.generator_settings()} if generated else None,
+            "resolution": self.resolution if generated else None,
+            "n_train": self.n_train,
+            "val_fraction": self.val_fraction,
+            "normalize": self.normalize,
+            **{k: plain(getattr(self, k)) for k in _STATS},
+        }
+
     # ================================================================== checkpointed statistics
     def state_dict(self) -> dict[str, Tensor]:
         """The normalisation statistics, plain tensors (Lightning stores them in every checkpoint)."""

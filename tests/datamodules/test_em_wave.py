@@ -352,7 +352,8 @@ def test_bad_files_fail_clearly_before_training(tmp_path, what, match):
 def test_em_config_builds_a_complex_fno_on_the_em_data(tmp_path):
     from app.cli import cli_main
 
-    cli = cli_main(["-c", str(REPO / "configs/em.yaml"), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    config = str(REPO / "configs/experiments/em.yaml")
+    cli = cli_main(["-c", config, f"--trainer.default_root_dir={tmp_path}"], run=False)
     dm, fno = cli.datamodule, cli.model.model
     assert type(dm).__name__ == "EMWaveDataModule" and dm.solve_resolution % dm.resolution == 0
     assert (fno.in_channels, fno.out_channels, fno.complex_data) == (4, 1, True)
@@ -373,7 +374,7 @@ def test_tiny_complex_fno_fits_through_the_cli_and_reports_finite_l2_and_h1(tmp_
     from app.cli import cli_main
 
     args = [
-        "fit", "-c", str(REPO / "configs/em.yaml"),
+        "fit", "-c", str(REPO / "configs/experiments/em.yaml"),
         "--seed_everything=0",
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",

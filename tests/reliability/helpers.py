@@ -126,6 +126,17 @@ class KillDuringSave(Callback):
         ck.torch, ck.os = _Torch(), _Os()
 
 
+class RaiseAt(Callback):
+    """Raise ``RuntimeError`` before optimizer step ``step`` (a crash at a known point)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected failure before step {self.step}")
+
+
 class InjectNonFinite(Callback):
     """After backward of optimizer step ``step``, put ``value`` (nan/inf) into one entry of the gradient of the
     parameter named ``param`` (a name of ``pl_module.named_parameters()``)."""
