@@ -458,10 +458,9 @@ class TensorGaLoreAdamW(Optimizer):
             every mode. The other modes are kept whole and unrotated (no factor, no mode product), and a float
             ``rank`` is then reached on the projected modes alone: ``proj_modes=[0, 1]`` with ``rank=0.25`` on an
             FNO spectral weight ``(in, out, m_1, m_2)`` compresses the channel modes to about half each
-            (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode. In 20-epoch Darcy runs that
-            trained as well as AdamW where compressing all four modes to the same 25% was 5-10% behind
-            (BENCHMARKS.md: defaults study, TensorGRaD section); in the shortest runs of ``bench.tables`` (69
-            steps) it lagged more than the all-mode form. Ignored by the matrix path.
+            (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode. How it trains against AdamW
+            and against the all-mode form: BENCHMARKS.md, "Tensor-GaLore defaults" and the TensorGRaD section.
+            Ignored by the matrix path.
         rollup: number of leading modes rolled up into the rows of the matrix view (``proj="matrix"``); capped
             at ``ndim - 1``.
         solver: ``"hosvd"``: sequentially truncated HOSVD through each mode's Gram matrix (``eigh``; fast, the
@@ -470,8 +469,8 @@ class TensorGaLoreAdamW(Optimizer):
             under a local pytorch backend (slow reference).
         solver_iters: HOOI sweeps for ``solver="hooi"``; ``n_iter_max`` for ``solver="tensorly"``.
         refresh_moments: what a refresh does to the Adam moments. ``"reset"`` (default): zero them and restart
-            the bias correction from the refresh step, i.e. a fresh Adam in the new subspace (trained best on a
-            small FNO, see BENCHMARKS.md). ``"project"``: rotate them into the new basis; with
+            the bias correction from the refresh step, i.e. a fresh Adam in the new subspace (BENCHMARKS.md,
+            "refresh_moments", compares the rules). ``"project"``: rotate them into the new basis; with
             ``R_k = U_k,new^H U_k,old`` the first moment becomes ``M x_k R_k`` (exact) and the second
             ``V x_k |R_k|^2`` (elementwise squared magnitudes: the exact second moment of the rotated coordinates
             if the old ones were uncorrelated). ``"keep"``: keep the coordinates as they are (GaLore's

@@ -153,8 +153,8 @@ class TensorGRaDAdamW(TensorGaLoreAdamW):
         moment_dtype: ``"param"``: moments in the parameter's dtype (second moments in its real dtype), as in
             ``TensorGaLoreAdamW``; ``"bfloat16"``: all moments of the group stored in bfloat16 (complex ones as
             real and imaginary parts) and decoded for the update, which is computed in the parameter's dtype.
-            bfloat16 halves the state again; it changed the Darcy test error by -0.1% (3 seeds) but makes a step
-            ~9% slower on CPU (encode/decode), so float32 stays the default (BENCHMARKS.md, tensorgrad section).
+            bfloat16 halves the state again at the cost of an encode/decode per step; float32 stays the default
+            (BENCHMARKS.md, TensorGRaD section, has the accuracy and step time of both).
         moment_rounding: how moments are rounded to bfloat16: ``"stochastic"`` (unbiased; keeps slow averages
             such as ``beta2=0.999`` moving) or ``"nearest"`` (round to nearest-even).
 
