@@ -25,9 +25,16 @@ def load_pt(path: str | os.PathLike, what: str = "data file") -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
+        # Only torch's first line: the rest of its message advises unsafe loading (weights_only=False), which a
+        # data file never needs and this tool never suggests.
+        text = str(err)
+        if "WeightsUnpickler error:" in text:  # torch's safe loader refused an object: keep only its reason
+            reason = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "")
+            text = f"it holds objects other than tensors: {reason}"
+        first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
         raise ValueError(
-            f"{what} {path} could not be read ({type(err).__name__}: {err}); the file is corrupt, truncated or not "
-            f"a torch .pt file: re-download or regenerate it"
+            f"{what} {path} could not be read ({type(err).__name__}: {first}); the file is corrupt, truncated or "
+            f"not a torch .pt file: re-download or regenerate it"
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{what} {path} holds a {type(obj).__name__}; expected a dict of tensors")

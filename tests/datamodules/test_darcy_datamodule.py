@@ -217,3 +217,16 @@ def test_statistics_travel_in_the_lightning_checkpoint(small_darcy, tiny_fno, cp
     tester.test(OperatorModule(tiny_fno), datamodule=other, ckpt_path=ckpt, verbose=False)
     torch.testing.assert_close(other.x_mean, dm.x_mean)
     torch.testing.assert_close(other.y_std, dm.y_std)
+
+
+def test_a_foreign_file_error_never_suggests_unsafe_loading(tmp_path, write_pt, darcy_pair):
+    import pickle
+
+    foreign = tmp_path / "foreign.pt"  # a pickle torch refuses under weights_only=True ("... will likely succeed")
+    foreign.write_bytes(
+        pickle.dumps({"x": pickle.PickleError("not a tensor")})
+    )
+    with pytest.raises(ValueError) as info:
+        _setup(tmp_path, write_pt, darcy_pair, str(foreign))
+    assert "could not be read" in str(info.value)
+    assert "weights_only" not in str(info.value) and "likely succeed" not in str(info.value)
