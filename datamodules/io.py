@@ -29,7 +29,8 @@ def load_pt(path: str | os.PathLike, what: str = "data file") -> dict[str, Any]:
         # data file never needs and this tool never suggests.
         text = str(err)
         if "WeightsUnpickler error:" in text:  # torch's safe loader refused an object: keep only its reason
-            reason = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "")
+            tail = text.split("WeightsUnpickler error:", 1)[1]
+            reason = next((ln.strip() for ln in tail.splitlines() if ln.strip()), "")
             text = f"it holds objects other than tensors: {reason}"
         first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
         raise ValueError(
