@@ -600,11 +600,12 @@ class PDEDataModule(LightningDataModule):
         return self._file_grids(Fields(x, y, source), grids or [None])
 
     def _file_grids(self, fields: Fields, resolutions: Sequence[int | None]) -> list[Fields]:
-        """The fields on each grid (None: as stored)."""
+        """The fields on each grid (None: as stored), contiguous: the statistics then do not depend on the layout
+        the format's reader happened to produce (a strided view sums in another order)."""
         x, y, source = fields
         return [
-            fields if s is None else Fields(subsample_periodic(x, s, self.n_dims, source),
-                                            subsample_periodic(y, s, self.n_dims, source), source)
+            fields if s is None else Fields(subsample_periodic(x, s, self.n_dims, source).contiguous(),
+                                            subsample_periodic(y, s, self.n_dims, source).contiguous(), source)
             for s in resolutions
         ]
 
