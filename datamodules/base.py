@@ -432,8 +432,15 @@ class PDEDataModule(LightningDataModule):
         ``read_samples`` reuses it); a format too large to read whole overrides both with reads of its rows."""
         return len(self._read_whole(path)[0])
 
-    def read_samples(self, path: Path, rows: slice) -> tuple[Tensor, Tensor]:
-        """The ``(x, y)`` fields of the samples ``rows`` (``start:stop``) of file ``path``."""
+    def read_samples(
+        self, path: Path, rows: slice, resolutions: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The ``(x, y)`` fields of the samples ``rows`` (``start:stop``) of file ``path``.
+
+        ``resolutions`` (files that ``subsamples_files``): the grids the fields will be subsampled to, so a lazy
+        reader may read every k-th point of the finest grid they all subsample (their least common multiple);
+        the default reads the file's grid.
+        """
         x, y = self._read_whole(path)
         return x[rows], y[rows]
 
@@ -557,9 +564,10 @@ class PDEDataModule(LightningDataModule):
             self._whole = (key, x, y)
         return self._whole[1], self._whole[2]
 
-    def _file_fields(self, file: str, n: int, arg: str, role: str) -> Fields:
+    def _file_fields(self, file: str, n: int, arg: str, role: str) -> list[Fields]:
         """``n`` samples of a file for ``role``: "train" (the training file), "test" (a test file, its last
-        samples if it is also the training file) or "split" (the test rows of the training file's own split)."""
+        samples if it is also the training file) or "split" (the test rows of the training file's own split); one
+        set per grid (``resolution`` or ``test_resolutions`` for files that ``subsamples_files``)."""
         path, source, unit = Path(file), f"{self.name} data file {file}", self.sample_unit
         total = self.sample_count(path)
         fraction = self.test_fraction(path) if self.test_files is None else None
@@ -586,15 +594,18 @@ class PDEDataModule(LightningDataModule):
                     f"{total - n_split}"
                 )
             rows = slice(n_split, n_split + n)
-        x, y = self.read_samples(path, rows)
-        return Fields(x, y, source)
+        grids = [self.resolution] if role == "train" else self.test_resolutions
+        grids = grids if self.subsamples_files(path) else None
+        x, y = self.read_samples(path, rows, grids)
+        return self._file_grids(Fields(x, y, source), grids or [None])
 
     def _file_grids(self, fields: Fields, resolutions: Sequence[int | None]) -> list[Fields]:
-        """The fields on each grid (None: as stored)."""
+        """The fields on each grid (None: as stored), contiguous: the statistics then do not depend on the layout
+        the format's reader happened to produce (a strided view sums in another order)."""
         x, y, source = fields
         return [
-            fields if s is None else Fields(subsample_periodic(x, s, self.n_dims, source),
-                                            subsample_periodic(y, s, self.n_dims, source), source)
+            fields if s is None else Fields(subsample_periodic(x, s, self.n_dims, source).contiguous(),
+                                            subsample_periodic(y, s, self.n_dims, source).contiguous(), source)
             for s in resolutions
         ]
 
@@ -649,9 +660,7 @@ class PDEDataModule(LightningDataModule):
         describe.
         """
         if self.train_file is not None:
-            fields = self._file_fields(self.train_file, self.n_train, "n_train", "train")
-            resample = self.subsamples_files(Path(self.train_file))
-            return self._file_grids(fields, [self.resolution if resample else None])[0]
+            return self._file_fields(self.train_file, self.n_train, "n_train", "train")[0]
         return self._cached_fields("train", self.resolution, self.n_train)
 
     def load_tests(self) -> list[TestSet]:
@@ -661,8 +670,7 @@ class PDEDataModule(LightningDataModule):
             files = [(f, "test") for f in self.test_files] if self.test_files else [(self.train_file, "split")]
             sets = []
             for file, role in files:
-                fields = self._file_fields(file, self.n_test, "n_test", role)
-                sets += self._file_grids(fields, self.test_resolutions if self.subsamples_files(Path(file)) else [None])
+                sets += self._file_fields(file, self.n_test, "n_test", role)
         else:
             sets = [self._cached_fields("test", s, self.n_test) for s in self.test_resolutions]
         named: list[TestSet] = []

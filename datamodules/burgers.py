@@ -18,6 +18,13 @@ Two sources (``PDEDataModule`` does the caching, checks, splits and normalisatio
   - the FNO paper's ``.mat`` (e.g. ``burgers_data_R10.mat``; MATLAB v5 or v7.3): ``a`` (N, s) and ``u`` (N, s),
     final task only.
 
+  - PDEBench's HDF5 (``.hdf5``/``.h5``, e.g. ``1D_Burgers_Sols_Nu0.001.hdf5``; ``datamodules.pdebench``):
+    ``tensor`` (N, T, X) the solutions ``u(t_i, x)`` (t from 0 to 2 on 201 times in PDEBench), read lazily: only
+    the samples, the times and the grid points used. ``x`` is ``u(t_0)``; task ``final``: ``y`` is the last
+    time; task ``trajectory``: ``y`` is ``u`` at ``time_indices`` (default: ``trajectory_steps + 1`` equally
+    spaced times from ``t_0`` to the last, so ``trajectory_steps`` must divide ``T - 1``). Without test files,
+    PDEBench's split: the first 10% of the file is the test set, the training samples are taken after it.
+
   Files are subsampled to ``resolution`` (training) and to each of ``test_resolutions`` (every test file), which
   must divide the file's grid (e.g. 8192 -> 1024). A file gives its first ``n_train`` / ``n_test`` samples, except
   a test file that is also the training file (the FNO ``.mat`` holds both): it gives its *last* ``n_test``, and
@@ -32,6 +39,7 @@ Two sources (``PDEDataModule`` does the caching, checks, splits and normalisatio
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -43,6 +51,7 @@ from torch import Tensor
 from datamodules.base import Generated, PDEDataModule
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
+from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.public_formats import load_mat
 from datamodules.solvers.burgers import solve_burgers
 from datamodules.solvers.spectral import solver_threads
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BurgersDataModule"]
 
 TASKS = ("final", "trajectory")
+_PDEBENCH_LAYOUT = "1-D Burgers layout: 'tensor' (N, T, X) = u(t, x), 'x-coordinate' (X), 't-coordinate'"
 
 
 class BurgersDataModule(PDEDataModule):
@@ -64,6 +74,9 @@ class BurgersDataModule(PDEDataModule):
         task: ``"final"`` (``u0 -> u(t_final)``) or ``"trajectory"`` (``u0 -> u`` at ``trajectory_steps + 1``
             equally spaced times from 0 to ``t_final``).
         trajectory_steps: ``T``, the time intervals of the trajectory task (``out_channels = T + 1``).
+        time_indices: PDEBench files, task ``trajectory``: the stored time indices that form ``y`` (e.g.
+            ``[0, 50, 100, 150, 200]``); ``out_channels = len(time_indices)``. None: ``trajectory_steps + 1``
+            equally spaced ones.
         n_train: training samples (validation included): the first of the file, or how many to generate.
         n_test: samples per test set.
         resolution: grid points of the training set (``x_j = j / s``); must divide ``solve_resolution`` or, for
@@ -93,6 +106,7 @@ class BurgersDataModule(PDEDataModule):
         self,
         task: Literal["final", "trajectory"] = "final",
         trajectory_steps: int = 10,
+        time_indices: Sequence[int] | None = None,
         n_train: int = 1000,
         n_test: int = 200,
         resolution: int = 128,
@@ -127,8 +141,18 @@ class BurgersDataModule(PDEDataModule):
         if dt is not None and not dt > 0:
             raise ValueError(f"dt={dt!r} is invalid; use a step > 0, or null for the automatic CFL step")
         self.task = task
+        if time_indices is not None:
+            time_indices = [int(t) for t in time_indices]
+            if task != "trajectory" or self.train_file is None or not is_pdebench(self.train_file):
+                raise ValueError(
+                    f"time_indices={time_indices} applies to task=trajectory on PDEBench .hdf5 files only; remove it, "
+                    f"or use trajectory_steps"
+                )
+            if not time_indices or any(t < 0 for t in time_indices) or len(set(time_indices)) != len(time_indices):
+                raise ValueError(f"time_indices={time_indices} is invalid; give distinct stored time indices >= 0")
+        self.time_indices = time_indices
         self.trajectory_steps = trajectory_steps
-        self.out_channels = 1 if task == "final" else trajectory_steps + 1
+        self.out_channels = 1 if task == "final" else len(time_indices or range(trajectory_steps + 1))
         self.solve_resolution = solve_resolution
         self.viscosity, self.t_final = float(viscosity), float(t_final)
         self.grf = {"scale": float(grf_scale), "tau": float(grf_tau), "alpha": float(grf_alpha)}
@@ -180,6 +204,62 @@ class BurgersDataModule(PDEDataModule):
     # ================================================================== files
     def subsamples_files(self, path: Path) -> bool:
         return True  # periodic grids, x_j = j / s
+
+    def test_fraction(self, path: Path) -> float | None:
+        return TEST_FRACTION if is_pdebench(path) else None
+
+    def sample_count(self, path: Path) -> int:
+        if not is_pdebench(path):
+            return super().sample_count(path)
+        with open_h5(path, "Burgers data file") as f:
+            return self._pdebench_tensor(f, path).shape[0]
+
+    def read_samples(self, path: Path, rows: slice, resolutions: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """PDEBench: ``u(t_0)`` and the task's times of the samples ``rows``, read at the grid ``resolutions`` need."""
+        if not is_pdebench(path):
+            return super().read_samples(path, rows, resolutions)
+        source = f"Burgers data file {path}"
+        with open_h5(path, "Burgers data file") as f:
+            ds = self._pdebench_tensor(f, path)
+            times = self._pdebench_times(ds.shape[1], source)
+            stored = sorted({0, *times})  # an HDF5 selection takes increasing indices
+            k = grid_stride(ds.shape[2], resolutions, source)
+            u = torch.from_numpy(read_rows(ds, rows, (stored, slice(None, None, k))))
+        position = {t: i for i, t in enumerate(stored)}
+        return u[:, :1], u[:, [position[t] for t in times]]
+
+    def _pdebench_tensor(self, f, path: Path):
+        source = f"Burgers data file {path}"
+        ds = dataset(f, "tensor", "(N, T, X)", 3, source, _PDEBENCH_LAYOUT)
+        if "x-coordinate" in f and f["x-coordinate"].shape[-1] != ds.shape[2]:
+            raise ValueError(
+                f"{source}: 'x-coordinate' has {f['x-coordinate'].shape[-1]} points but 'tensor' {ds.shape} has "
+                f"{ds.shape[2]}; the file does not follow PDEBench's layout {_PDEBENCH_LAYOUT}"
+            )
+        nu = re.search(r"_Nu([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)", Path(path).stem)
+        if nu and not np.isclose(float(nu.group(1)), self.viscosity, rtol=1e-6, atol=0.0):
+            log.warning("%s is named for nu=%s but viscosity=%g: the file is used as it is", source, nu.group(1),
+                        self.viscosity)
+        return ds
+
+    def _pdebench_times(self, n_times: int, source: str) -> list[int]:
+        """The stored time indices that form ``y``."""
+        if self.task == "final":
+            return [n_times - 1]
+        if self.time_indices is not None:
+            outside = [t for t in self.time_indices if t >= n_times]
+            if outside:
+                raise ValueError(
+                    f"{source} stores {n_times} times (indices 0..{n_times - 1}) but time_indices holds {outside}"
+                )
+            return list(self.time_indices)
+        if (n_times - 1) % self.trajectory_steps:
+            raise ValueError(
+                f"{source} stores {n_times} times, which trajectory_steps={self.trajectory_steps} does not split into "
+                f"equal steps; use a divisor of {n_times - 1} (e.g. 10 for 201 times), or give time_indices"
+            )
+        step = (n_times - 1) // self.trajectory_steps
+        return list(range(0, n_times, step))
 
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
         """A ``.pt`` (neuraloperator) or ``.mat`` (FNO) file as ``(x (N, 1, s), y (N, out_channels, s))``."""

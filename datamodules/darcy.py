@@ -2,8 +2,16 @@
 
 Two sources (see ``PDEDataModule`` for caching, checks, splits and normalisation):
 
-* **files** in neuraloperator's ``.pt`` format: a dict with ``x`` (N, s, s) permeability (bool in its small
-  16x16 set) and ``y`` (N, s, s) pressure;
+* **files**, told apart by their suffix:
+
+  - neuraloperator's ``.pt``: a dict with ``x`` (N, s, s) permeability (bool in its small 16x16 set) and ``y``
+    (N, s, s) pressure, used on their own grid (one test set per file);
+  - PDEBench's HDF5 (``.hdf5``/``.h5``, e.g. ``2D_DarcyFlow_beta1.0_Train.hdf5``; ``datamodules.pdebench``):
+    ``nu`` (N, X, Y) the coefficient (input) and ``tensor`` (N, 1, X, Y) the solution (output) on a
+    cell-centred 128x128 grid, read lazily and subsampled to ``resolution`` and each of ``test_resolutions``
+    (every k-th cell, so they must divide the file's grid: 128, 64, 32, ...; PDEBench's equation is
+    ``-div(nu grad u) = beta``, so its inputs differ from the generated ones below). Without test files,
+    PDEBench's split: the first 10% of the file is the test set, the training samples are taken after it;
 * **generated**: ``a = 12`` where a Gaussian random field ``g ~ N(0, (-Laplacian + 9 I)^-2)`` is >= 0 and ``3``
   elsewhere (the FNO paper's setting; ``datamodules.grf``), and ``u`` from the second-order finite-difference
   solver (``datamodules.solvers.darcy``). Both are computed on a ``solve_resolution`` grid and subsampled to each
@@ -25,11 +33,13 @@ from torch import Tensor
 from datamodules.base import Generated, PDEDataModule, as_fields
 from datamodules.grf import sample_grf_2d
 from datamodules.io import check_keys, load_pt
+from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.solvers.darcy import solve_darcy
 
 __all__ = ["DarcyDataModule", "A_HIGH", "A_LOW"]
 
 A_HIGH, A_LOW = 12.0, 3.0  # psi(g): permeability where g >= 0 and where g < 0
+_PDEBENCH_LAYOUT = "2-D Darcy layout: 'nu' (N, X, Y) input, 'tensor' (N, 1, X, Y) output, x-/y-coordinate"
 
 
 class DarcyDataModule(PDEDataModule):
@@ -96,6 +106,44 @@ class DarcyDataModule(PDEDataModule):
             k = (self.solve_resolution - 1) // (s - 1)
             out[s] = tuple(torch.from_numpy(v[:, None, ::k, ::k]).float() for v in (a, u))
         return out
+
+    # ------------------------------------------------------------------ files
+    def subsamples_files(self, path: Path) -> bool:
+        return is_pdebench(path)
+
+    def test_fraction(self, path: Path) -> float | None:
+        return TEST_FRACTION if is_pdebench(path) else None
+
+    def sample_count(self, path: Path) -> int:
+        if not is_pdebench(path):
+            return super().sample_count(path)
+        with open_h5(path, "Darcy data file") as f:
+            return self._pdebench_arrays(f, path)[0].shape[0]
+
+    def read_samples(self, path: Path, rows: slice, resolutions: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """PDEBench: ``nu`` -> ``tensor`` of the samples ``rows``, read at the grid ``resolutions`` need."""
+        if not is_pdebench(path):
+            return super().read_samples(path, rows, resolutions)
+        with open_h5(path, "Darcy data file") as f:
+            nu, u = self._pdebench_arrays(f, path)
+            k = grid_stride(nu.shape[1], resolutions, f"Darcy data file {path}")
+            every_k = (slice(None, None, k), slice(None, None, k))
+            a = torch.from_numpy(read_rows(nu, rows, every_k))
+            p = torch.from_numpy(read_rows(u, rows, (0, *every_k)))
+        return a.unsqueeze(1), p.unsqueeze(1)
+
+    def _pdebench_arrays(self, f, path: Path):
+        source = f"Darcy data file {path}"
+        nu = dataset(f, "nu", "(N, X, Y)", 3, source, _PDEBENCH_LAYOUT)
+        u = dataset(f, "tensor", "(N, 1, X, Y)", 4, source, _PDEBENCH_LAYOUT)
+        if u.shape[1] != 1 or u.shape[0] != nu.shape[0] or u.shape[2:] != nu.shape[1:]:
+            raise ValueError(
+                f"{source}: 'tensor' is {u.shape} but 'nu' is {nu.shape}; expected (N, 1, X, Y) and (N, X, Y) "
+                f"({_PDEBENCH_LAYOUT})"
+            )
+        if nu.shape[1] != nu.shape[2]:
+            raise ValueError(f"{source}: the grid {nu.shape[1:]} is not square; DarcyDataModule takes square grids")
+        return nu, u
 
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
         """neuraloperator's Darcy ``.pt``: ``{"x": (N, s, s), "y": (N, s, s)}`` (a channel axis of 1 is accepted)."""

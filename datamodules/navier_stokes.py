@@ -24,6 +24,19 @@ Two sources (``PDEDataModule`` does the caching, checks, splits and normalisatio
     input/output pairs used as given; their channels must match the task (``one_step``: 1 and 1, ``history``:
     ``t_in`` and ``t_out``).
 
+  - PDEBench's incompressible, inhomogeneously forced NS (``.h5``/``.hdf5``, e.g.
+    ``ns_incom_inhom_2d_512-0.h5``; ``datamodules.pdebench``): ``velocity`` (N, T, X, Y, 2), ``particles``
+    (N, T, X, Y, 1) a passive density, ``force`` (N, X, Y, 2), ``t`` (N, T); ``n_train``/``n_test`` count
+    trajectories. **The model sees vorticity, computed from the velocity**, so the task is the same as for the
+    other sources: ``w = d(v_y)/dx - d(v_x)/dy`` by second-order central differences on the file's full grid
+    (one-sided at the walls; PDEBench's domain is ``[0, X] x [0, Y]`` with unit cells, so ``w`` is in units of
+    the inverse time step), then subsampled. The snapshots are the stored frames ``0, time_stride, ...``. The
+    forcing differs per sample and acts through the density (PDEBench adds ``dt * particles * force`` to the
+    velocity), so the input also holds, after the vorticity channels, three channels that make the map
+    well posed: the density at the last input snapshot and the force's two components (``in_channels =
+    t_in + 3``, or 4 for ``one_step``). Without test files, PDEBench's split: the first 10% of the file's
+    trajectories are the test set, the training trajectories are taken after them.
+
   Files are subsampled to ``resolution`` (training) and to each of ``test_resolutions`` (every test file), which
   must divide the file's grid. A file gives its first ``n_train`` / ``n_test`` samples, except a test file that is
   also the training file (the FNO ``.mat`` holds both): it gives its *last* ``n_test``, which must not overlap the
@@ -55,15 +68,29 @@ from torch import Tensor
 from datamodules.base import Generated, PDEDataModule
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
+from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.public_formats import load_mat, mat_shape
 from datamodules.solvers.navier_stokes import fno_forcing, solve_navier_stokes
 from datamodules.solvers.spectral import solver_threads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NavierStokesDataModule"]
+__all__ = ["NavierStokesDataModule", "vorticity"]
 
 TASKS = ("history", "one_step")
+#: input channels after the vorticity snapshots for PDEBench files (see the module docstring)
+PDEBENCH_EXTRA_CHANNELS = ("density at the last input snapshot", "force x", "force y")
+_PDEBENCH_LAYOUT = (
+    "incompressible NS layout: 'velocity' (N, T, X, Y, 2), 'particles' (N, T, X, Y, 1), 'force' (N, X, Y, 2), 't'"
+)
+
+
+def vorticity(velocity: np.ndarray) -> np.ndarray:
+    """``d(v_y)/dx - d(v_x)/dy`` of velocities ``(..., X, Y, 2)`` on a unit-spaced grid (second-order central
+    differences, second-order one-sided at the edges), shape ``(..., X, Y)``."""
+    dvy_dx = np.gradient(velocity[..., 1], axis=-2, edge_order=2)
+    dvx_dy = np.gradient(velocity[..., 0], axis=-1, edge_order=2)
+    return dvy_dx - dvx_dy
 
 
 class NavierStokesDataModule(PDEDataModule):
@@ -92,6 +119,7 @@ class NavierStokesDataModule(PDEDataModule):
         grf_alpha: its ``alpha`` (> 1).
         dt: solver time step for every sample; None chooses one per sample and snapshot interval from the CFL
             condition (``datamodules.solvers.navier_stokes``).
+        time_stride: PDEBench files: the snapshots are every ``time_stride``-th stored frame, from frame 0.
         solver_device: device that generates the data; default a GPU when there is one, else the CPU (not part
             of the cache key: the solve is in float64 and stored in float32, so devices agree).
         **kwargs: the arguments of ``PDEDataModule`` (train_file, test_files, data_dir, batch_size,
@@ -121,6 +149,7 @@ class NavierStokesDataModule(PDEDataModule):
         grf_tau: float = 7.0,
         grf_alpha: float = 2.5,
         dt: float | None = None,
+        time_stride: int = 1,
         solver_device: str | None = None,
         **kwargs,
     ) -> None:
@@ -148,7 +177,12 @@ class NavierStokesDataModule(PDEDataModule):
             raise ValueError(f"dt={dt!r} is invalid; use a step > 0, or null for the automatic CFL step")
         self.task = task
         self.t_in, self.t_out = t_in, t_out
-        self.in_channels = t_in if task == "history" else 1
+        if not isinstance(time_stride, int) or isinstance(time_stride, bool) or time_stride < 1:
+            raise ValueError(f"time_stride={time_stride!r} is invalid; use an integer >= 1")
+        self.time_stride = time_stride
+        self.pdebench = self.train_file is not None and is_pdebench(self.train_file)
+        extra = len(PDEBENCH_EXTRA_CHANNELS) if self.pdebench else 0
+        self.in_channels = (t_in if task == "history" else 1) + extra
         self.out_channels = t_out if task == "history" else 1
         self.solve_resolution = solve_resolution
         self.viscosity = float(viscosity)
@@ -232,9 +266,16 @@ class NavierStokesDataModule(PDEDataModule):
 
     @property
     def sample_unit(self) -> str:
-        return "trajectories" if self.train_file and self._mat(Path(self.train_file)) else "samples"
+        trajectories = self.train_file and (self._mat(Path(self.train_file)) or self.pdebench)
+        return "trajectories" if trajectories else "samples"
+
+    def test_fraction(self, path: Path) -> float | None:
+        return TEST_FRACTION if is_pdebench(path) else None
 
     def sample_count(self, path: Path) -> int:
+        if is_pdebench(path):
+            with open_h5(path, "Navier-Stokes data file") as f:
+                return self._pdebench_arrays(f, path)[0].shape[0]
         if not self._mat(path):
             return super().sample_count(path)
         shape = mat_shape(path, "u", "Navier-Stokes data file")
@@ -245,12 +286,58 @@ class NavierStokesDataModule(PDEDataModule):
             )
         return shape[0]
 
-    def read_samples(self, path: Path, rows: slice) -> tuple[Tensor, Tensor]:
+    def read_samples(self, path: Path, rows: slice, resolutions: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """``.mat``: the task's pairs of the trajectories ``rows`` (v7.3 reads only those); ``.pt``: the pairs."""
+        if is_pdebench(path):
+            return self._read_pdebench(path, rows, resolutions)
         if not self._mat(path):
-            return super().read_samples(path, rows)
+            return super().read_samples(path, rows, resolutions)
         u = torch.from_numpy(load_mat(path, ["u"], "Navier-Stokes data file", samples=rows)["u"])
         return self.task_fields(u.permute(0, 3, 1, 2), f"Navier-Stokes data file {path}")
+
+    def _pdebench_arrays(self, f, path: Path):
+        source = f"Navier-Stokes data file {path}"
+        velocity = dataset(f, "velocity", "(N, T, X, Y, 2)", 5, source, _PDEBENCH_LAYOUT)
+        particles = dataset(f, "particles", "(N, T, X, Y, 1)", 5, source, _PDEBENCH_LAYOUT)
+        force = dataset(f, "force", "(N, X, Y, 2)", 4, source, _PDEBENCH_LAYOUT)
+        n, _, nx, ny, components = velocity.shape
+        if components != 2 or nx != ny:
+            raise ValueError(f"{source}: 'velocity' is {velocity.shape}; expected (N, T, s, s, 2) ({_PDEBENCH_LAYOUT})")
+        if particles.shape != (*velocity.shape[:4], 1) or force.shape != (n, nx, ny, 2):
+            raise ValueError(
+                f"{source}: 'particles' {particles.shape} and 'force' {force.shape} do not match 'velocity' "
+                f"{velocity.shape}; expected (N, T, X, Y, 1) and (N, X, Y, 2) ({_PDEBENCH_LAYOUT})"
+            )
+        return velocity, particles, force
+
+    def _read_pdebench(self, path: Path, rows: slice, resolutions: Sequence[int] | None) -> tuple[Tensor, Tensor]:
+        """The task's pairs of the trajectories ``rows``: vorticity from the velocity on the full grid, one
+        trajectory at a time, then every k-th point; the density at the last input snapshot and the force."""
+        source = f"Navier-Stokes data file {path}"
+        with open_h5(path, "Navier-Stokes data file") as f:
+            velocity, particles, force = self._pdebench_arrays(f, path)
+            frames = list(range(0, self.n_snapshots * self.time_stride, self.time_stride))
+            if frames[-1] >= velocity.shape[1]:
+                raise ValueError(
+                    f"{source} stores {velocity.shape[1]} frames but t_in + t_out = {self.n_snapshots} snapshots "
+                    f"every time_stride={self.time_stride} frames need {frames[-1] + 1}; lower t_in/t_out or "
+                    f"time_stride"
+                )
+            k = grid_stride(velocity.shape[2], resolutions, source)
+            every_k = (slice(None, None, k), slice(None, None, k))
+            w = read_rows(velocity, rows, (frames,), transform=lambda v: vorticity(v)[:, ::k, ::k])
+            density = read_rows(particles, rows, (frames, *every_k, 0))
+            forcing = read_rows(force, rows, every_k)
+        w, density = torch.from_numpy(w), torch.from_numpy(density)
+        forcing = torch.from_numpy(forcing).permute(0, 3, 1, 2)  # (n, 2, s, s): f_x, f_y
+        if self.task == "history":
+            x = torch.cat([w[:, : self.t_in], density[:, self.t_in - 1 : self.t_in], forcing], dim=1)
+            return x, w[:, self.t_in : self.n_snapshots]
+        pairs = [
+            torch.cat([w[:, j : j + 1], density[:, j : j + 1], forcing], dim=1) for j in range(self.n_snapshots - 1)
+        ]
+        x = torch.stack(pairs, dim=1).flatten(0, 1)  # trajectory-major, as for the other sources
+        return x, w[:, 1 : self.n_snapshots].reshape(-1, 1, *w.shape[-2:])
 
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
         """A ``.mat`` (FNO) file's trajectories as the task's ``(x, y)``, or a ``.pt`` (neuraloperator) file's pairs."""
