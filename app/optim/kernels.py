@@ -66,7 +66,7 @@ def tensor_galore_adamw(
     bias_steps: list[float],
     *,
     hyper: AdamHyper,
-    scale: float,
+    scales: list[float],
     residual_grads: list[Tensor | None] | None = None,
     residual_norms: list[Tensor | None] | None = None,
     residual_limit: float | None = None,
@@ -76,7 +76,7 @@ def tensor_galore_adamw(
     ``grads[i]`` is the projected gradient (the core, shaped like the moments) when ``factors[i]`` is a factor
     list (the parameter's layout view has ``len(factors[i])`` modes), else the full gradient. ``bias_steps[i]``
     is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
-    update of a projected parameter is multiplied by ``scale``. Full-tensor updates use exactly the operations
+    update of a projected parameter is multiplied by ``scales[i]``. Full-tensor updates use exactly the operations
     of ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits); full-tensor real
     parameters are updated together with ``torch._foreach_*`` ops (one call per operation instead of one per
     parameter: the same elementwise kernels, so the same bits, with less Python overhead).
@@ -112,6 +112,7 @@ def tensor_galore_adamw(
         view = [direction.shape[k] if u is None else u.shape[0] for k, u in enumerate(fs)]
         decay = 1 - lr * weight_decay
         full = None if residual_grads is None else residual_grads[i]
+        scale = scales[i]
         alpha = -step_size * scale
         if full is not None:  # lr * back(scale * D - phi * core) + lr * phi * G: one back-projection for both
             phi = _residual_ratio(direction, grad, full, residual_norms[i], bias_correction1, residual_limit)

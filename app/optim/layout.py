@@ -35,7 +35,9 @@ __all__ = [
     "matrix_ranks",
     "projection_layout",
     "group_layout",
+    "group_modes",
     "core_shape",
+    "kept_fraction",
 ]
 
 RankSpec = int | float | Sequence[int | float | None]
@@ -262,14 +264,27 @@ def projection_layout(
     return view, matrix_ranks(rank, view)
 
 
+def group_modes(group: Mapping[str, Any]) -> Sequence[int] | None:
+    """The modes a group projects: its ``proj_modes``, or for ``proj_modes="auto"`` the ``layout_modes`` that the
+    code which built the group knows (``app.param_groups.split_param_groups``: an FNO spectral weight's channel
+    modes), and every mode (``None``) for a tensor whose layout nobody gave."""
+    modes = group["proj_modes"]
+    return group["layout_modes"] if modes == "auto" else modes
+
+
 def group_layout(p: Tensor, group: Mapping[str, Any], rank: RankSpec | None = None) -> Layout | None:
     """:func:`projection_layout` of parameter ``p`` under the options of a ``TensorGaLoreAdamW`` param group
     (``rank`` overrides the group's rank); ``None`` when the group is not projected."""
     if not group["galore"]:
         return None
     return projection_layout(
-        p.shape, group["rank"] if rank is None else rank, group["proj"], group["rollup"], group["proj_modes"]
+        p.shape, group["rank"] if rank is None else rank, group["proj"], group["rollup"], group_modes(group)
     )
+
+
+def kept_fraction(layout: Layout) -> float:
+    """The fraction of a parameter's elements its core keeps (``prod(core) / prod(view)``)."""
+    return math.prod(core_shape(layout)) / math.prod(layout[0])
 
 
 def core_shape(layout: Layout) -> tuple[int, ...]:

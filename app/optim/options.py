@@ -46,7 +46,8 @@ def check_options(group: Mapping[str, Any]) -> None:
             raise ValueError(f"betas[{i}]={b!r} is invalid: each beta must be in [0, 1), e.g. betas=(0.9, 0.999)")
     check_real("eps", group["eps"], 0.0, "1e-8")
     check_real("weight_decay", group["weight_decay"], 0.0, "1e-4")
-    check_real("scale", group["scale"], 0.0, "1.0", strict=True)
+    if group["scale"] != "auto":
+        check_real("scale", group["scale"], 0.0, "'auto' or 1.0", strict=True)
     for key in ("galore", "refresh_pending"):
         check_bool(key, group[key])
     layout.check_rank_spec(group["rank"])
@@ -56,7 +57,9 @@ def check_options(group: Mapping[str, Any]) -> None:
             f"update_proj_gap={gap!r} is invalid: use an int >= 1 (steps between refreshes), or None "
             "to refresh only at the first step and on request_refresh()"
         )
-    layout.check_modes(group["proj_modes"])
+    if group["proj_modes"] != "auto":
+        layout.check_modes(group["proj_modes"])
+    layout.check_modes(group["layout_modes"], "layout_modes")
     _check_int("rollup", group["rollup"], 1, "leading modes rolled into the rows of the matrix view, e.g. rollup=1")
     _check_int("solver_iters", group["solver_iters"], 1, "e.g. solver_iters=1")
     for key, choices in CHOICES.items():
@@ -83,7 +86,7 @@ def check_group(group: MutableMapping[str, Any], group_idx: int, rank: object = 
     """:func:`check_options` plus the layout of every parameter of a projected group (``rank`` overrides the
     group's, to check a new rank before it is set). Normalises list-valued options to tuples; errors are
     prefixed with ``param_groups[i]`` (and the parameter, for a layout error)."""
-    for key in ("betas", "proj_modes"):
+    for key in ("betas", "proj_modes", "layout_modes"):
         if isinstance(group.get(key), list):
             group[key] = tuple(group[key])
     try:

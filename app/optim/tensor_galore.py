@@ -47,6 +47,7 @@ The state's keys, shapes and dtypes are described once, in :mod:`app.optim.schem
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from torch.optim import Optimizer
 from . import diagnostics, sparse, tucker
 from .checks import is_int
 from .kernels import AdamHyper, sparse_adamw, tensor_galore_adamw
-from .layout import Layout, RankSpec, group_layout
+from .layout import Layout, RankSpec, group_layout, kept_fraction
 from .options import check_group, check_options, param_label
 from .refresh import refresh_subspace
 from .schema import (
@@ -81,6 +82,7 @@ _SALT_SELECT, _SALT_ROUND = 0x5E1EC7, 0x20D0
 # options added after the first release, with the value that reproduces a state dict saved before them
 _LEGACY = dict(
     refresh_pending=False,
+    layout_modes=None,
     complex_norm="element",
     proj_modes=None,
     residual="none",
@@ -197,13 +199,20 @@ class TensorGaLoreAdamW(Optimizer):
             elements with evenly spread per-mode ranks (see above); an int is the rank of every mode (capped at
             its size); a sequence gives each mode an int or a fraction of it.
         update_proj_gap: steps between automatic subspace refreshes, counted from a parameter's last refresh;
-            None refreshes only at the first step and on ``request_refresh()``.
-        scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``).
+            None refreshes only at the first step and on ``request_refresh()``. Default 50, the best cadence of
+            the defaults study (BENCHMARKS.md, "Tensor-GaLore defaults"; GaLore's 200 trained worse).
+        scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``), > 0, or
+            ``"auto"`` (default): ``1 / sqrt(f)`` with ``f`` the fraction of the parameter's elements its core
+            keeps (e.g. 2.0 at 25%), computed per parameter from its actual ranks. A rank-``f`` update has about
+            ``sqrt(f)`` of a full update's size; ``"auto"`` gives it AdamW's size again.
         proj: ``"tucker"``: Tensor-GaLore, one factor per mode (``G x_k U_k^H``); ``"matrix"``: the GaLore
             baseline, a one-sided projection of the matrix view with ``rollup`` leading modes as rows.
             2-D parameters always use the matrix projection.
-        proj_modes: the modes the Tucker path projects (mode indices, negative ones from the end), or None for
-            every mode. The other modes are kept whole and unrotated (no factor, no mode product), and a float
+        proj_modes: the modes the Tucker path projects (mode indices, negative ones from the end), None for
+            every mode, or ``"auto"`` (default): the group's ``layout_modes`` (set by the code that knows the
+            weight's layout: ``app.param_groups.split_param_groups`` gives FNO spectral weights their channel
+            modes ``(0, 1)``), else every mode. An explicit value (here or in the group) always wins. The other
+            modes are kept whole and unrotated (no factor, no mode product), and a float
             ``rank`` is then reached on the projected modes alone: ``proj_modes=[0, 1]`` with ``rank=0.25`` on an
             FNO spectral weight ``(in, out, m_1, m_2)`` compresses the channel modes to about half each
             (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode. In 20-epoch Darcy runs that
@@ -267,9 +276,10 @@ class TensorGaLoreAdamW(Optimizer):
         moment_rounding: how moments are rounded to bfloat16: ``"stochastic"`` (unbiased; keeps slow averages
             such as ``beta2=0.999`` moving) or ``"nearest"`` (round to nearest-even).
 
-    Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool). Not persisted:
-    which groups have a refresh policy attached (:meth:`attach_policy`); while one is, ``update_proj_gap`` is not
-    applied to the group and its subspaces refresh on request only.
+    Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool). Written by the
+    code that builds the groups: ``layout_modes`` (default None: layout unknown), read by ``proj_modes="auto"``.
+    Not persisted: which groups have a refresh policy attached (:meth:`attach_policy`); while one is,
+    ``update_proj_gap`` is not applied to the group and its subspaces refresh on request only.
 
     :class:`~app.optim.TensorGRaDAdamW` is this class with TensorGRaD's defaults (``rank=0.2``,
     ``sparse_ratio=0.05``).
@@ -291,10 +301,10 @@ class TensorGaLoreAdamW(Optimizer):
         *,
         galore: bool = False,
         rank: int | float | Sequence[int | float | None] = 0.25,
-        update_proj_gap: int | None = 200,
-        scale: float = 1.0,
+        update_proj_gap: int | None = 50,
+        scale: float | Literal["auto"] = "auto",
         proj: Literal["tucker", "matrix"] = "tucker",
-        proj_modes: Sequence[int] | None = None,
+        proj_modes: Sequence[int] | Literal["auto"] | None = "auto",
         rollup: int = 1,
         solver: Literal["hosvd", "hooi", "tensorly"] = "hosvd",
         solver_iters: int = 1,
@@ -317,7 +327,7 @@ class TensorGaLoreAdamW(Optimizer):
             defaults["betas"] = tuple(betas)
         if isinstance(proj_modes, list):
             defaults["proj_modes"] = tuple(proj_modes)
-        defaults["refresh_pending"] = False
+        defaults.update(refresh_pending=False, layout_modes=None)
         check_options(defaults)
         self._policy_groups: set[int] = set()
         super().__init__(params, defaults)
@@ -610,6 +620,11 @@ class TensorGaLoreAdamW(Optimizer):
             else:
                 residual_grads.append(None)
                 residual_norms.append(None)
+        scale = group["scale"]
+        scales = [
+            (1 / math.sqrt(kept_fraction(it.layout)) if scale == "auto" else scale) if it.layout else 1.0
+            for it in items
+        ]
         hyper = AdamHyper.of(group)
         if params:
             tensor_galore_adamw(
@@ -620,7 +635,7 @@ class TensorGaLoreAdamW(Optimizer):
                 factors,
                 bias_steps,
                 hyper=hyper,
-                scale=group["scale"],
+                scales=scales,
                 residual_grads=residual_grads if residual else None,
                 residual_norms=residual_norms if residual else None,
                 residual_limit=group["residual_limit"],

@@ -30,7 +30,9 @@ EPOCHS, SPLIT = 6, 4
 def _module() -> OperatorModule:
     torch.manual_seed(0)
     fno = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
-    return OperatorModule(fno, optimizer=lambda groups: TensorGaLoreAdamW(groups, lr=1e-2, rank=0.5))
+    return OperatorModule(
+        fno, optimizer=lambda groups: TensorGaLoreAdamW(groups, lr=1e-2, rank=0.5, proj_modes=None)
+    )  # every mode
 
 
 def _scheduler() -> SubspaceScheduler:

@@ -550,7 +550,15 @@ def test_keep_rule_keeps_coordinates_and_crops_on_rank_decrease():
 def test_reset_rule_zeroes_moments_and_restarts_bias_correction():
     p = _param((8, 6, 4), torch.complex128)
     opt = TensorGaLoreAdamW(
-        [p], galore=True, rank=3, refresh_moments="reset", update_proj_gap=4, lr=0.1, eps=0.0, complex_norm="element"
+        [p],
+        galore=True,
+        rank=3,
+        refresh_moments="reset",
+        update_proj_gap=4,
+        lr=0.1,
+        eps=0.0,
+        complex_norm="element",
+        scale=1.0,
     )
     for _ in range(4):
         p.grad = torch.randn_like(p)
