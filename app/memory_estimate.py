@@ -7,8 +7,8 @@ Assumptions (documented in the README's memory section):
   (``OperatorModule(fused_update=True)``) a gradient is freed as soon as its parameter is updated, so the
   prediction is the largest single gradient (the peak while that parameter is being stepped).
 * **optimizer state**: what the optimizer holds after its first step, from its param groups and its own rules
-  (``TensorGaLoreAdamW``: core-shaped moments, factors, spectra and counters per projected weight;
-  ``torch.optim.Adam``/``AdamW``: two moments and a step per parameter). Exact, checked against measured bytes.
+  (``TensorGaLoreAdamW``: its state schema, ``app.optim.schema``; ``torch.optim.Adam``/``AdamW``: two moments
+  and a step per parameter). Exact, checked against measured bytes.
 * **activations**: the tensors autograd saves for the backward pass during one forward pass at the given batch
   and grid, counted once per tensor and excluding the parameters, measured by running the forward pass on the
   ``meta`` device (no memory, no compute). A real device also needs transient buffers (FFT workspaces, the
@@ -25,52 +25,31 @@ import torch
 from torch import nn
 
 from app.memory import tensor_bytes
-from app.optim import TensorGaLoreAdamW, group_layout, moment_itemsizes, sparse_state_bytes
+from app.optim import TensorGaLoreAdamW, schema
 
 __all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
-
-
-def _galore_param_state_bytes(p: torch.Tensor, group: dict, refreshes: int = 1) -> int:
-    layout = group_layout(p, group)
-    itemsize = p.element_size()
-    first, second = moment_itemsizes(p.dtype, group)  # TensorGRaDAdamW may keep moments in bfloat16
-    if layout is None:
-        return 4 + p.numel() * (first + second)  # step + exp_avg + real exp_avg_sq
-    view, ranks = layout
-    core = 1
-    for n, r in zip(view, ranks, strict=True):
-        core *= n if r is None else r
-    factors = sum(n * r * itemsize for n, r in zip(view, ranks, strict=True) if r is not None)
-    spectra = sum(4 * n for r, n in zip(ranks, view, strict=True) if r is not None)
-    counters = 4 + 4 + 8 + 8  # step (float32), energy (float32), last_refresh and refreshes (int64)
-    overlap = 4 * len(view) if refreshes >= 2 else 0  # float32 per mode, written from the second refresh on
-    sparse = sparse_state_bytes(p.numel(), p.dtype, group)  # TensorGRaDAdamW: indices + sparse moments
-    real_itemsize = p.element_size() // (2 if p.is_complex() else 1)
-    residual = real_itemsize if group.get("residual", "none") != "none" else 0  # residual_norm (0-d, real dtype)
-    return core * (first + second) + factors + spectra + counters + overlap + sparse + residual
 
 
 def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> int:
     """Bytes of state ``optimizer`` will hold once every parameter has taken a step (no step is taken).
 
-    ``refreshes``: subspace refreshes each projected parameter has had (its first step is the first); from the
-    second on, ``TensorGaLoreAdamW`` also keeps a float32 subspace-drift diagnostic per mode (``overlap``).
+    ``TensorGaLoreAdamW`` (and its presets): the state schema (:mod:`app.optim.schema`); ``refreshes``:
+    subspace refreshes each projected parameter has had (its first step is the first; from the second on, a
+    float32 subspace-drift diagnostic per mode is added). ``torch.optim.Adam``/``AdamW``: two moments (three with
+    ``amsgrad``) and a step per parameter.
     """
-    total = 0
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if not p.requires_grad:
-                continue
-            if isinstance(optimizer, TensorGaLoreAdamW):
-                total += _galore_param_state_bytes(p, group, refreshes)
-            elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-                moments = 3 if group.get("amsgrad") else 2
-                total += moments * tensor_bytes(p) + 4
-            else:
-                raise NotImplementedError(
-                    f"no state model for {type(optimizer).__name__}; supported: TensorGaLoreAdamW, Adam, AdamW"
-                )
-    return total
+    if isinstance(optimizer, TensorGaLoreAdamW):
+        return schema.predict_state_bytes(optimizer.param_groups, refreshes)
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        raise NotImplementedError(
+            f"no state model for {type(optimizer).__name__}; supported: TensorGaLoreAdamW, Adam, AdamW"
+        )
+    return sum(
+        (3 if group.get("amsgrad") else 2) * tensor_bytes(p) + 4
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.requires_grad
+    )
 
 
 def activation_bytes(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:

@@ -29,9 +29,16 @@ def split_param_groups(
     *,
     module_types: Sequence[type[nn.Module]] | None = None,
     min_ndim: int = 3,
+    channel_modes: Sequence[int] | None = (0, 1),
 ) -> list[dict]:
     """Split ``model``'s trainable parameters into one group per spectral weight (``galore=True``) followed by
     one group of all other parameters (``galore=False``).
+
+    A spectral weight's layout is ``(in, out, *Fourier modes)``; its group says so with ``layout_modes``
+    (``channel_modes``, default ``(0, 1)``), which ``TensorGaLoreAdamW(proj_modes="auto")``, its default, projects:
+    the channel modes compress well, the few Fourier modes do not (BENCHMARKS.md, "Tensor-GaLore defaults"). An
+    explicit ``proj_modes`` (``None`` for every mode, the paper's form) overrides it; ``channel_modes=None`` leaves
+    the layout unsaid.
 
     One group per spectral weight lets a policy (the subspace callback) set a rank per layer through the
     optimizer's per-group options; every group has a ``name`` (the parameter's qualified name, or ``"other"``).
@@ -51,7 +58,10 @@ def split_param_groups(
         if not p.requires_grad:
             continue
         if id(p) in spectral_ids:
-            groups.append({"params": [p], "galore": True, "name": name})
+            group = {"params": [p], "galore": True, "name": name}
+            if channel_modes is not None:
+                group["layout_modes"] = tuple(channel_modes)
+            groups.append(group)
         else:
             other.append(p)
     if other:

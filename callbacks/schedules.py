@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.optim.tucker import RankSpec, _is_float, _is_int, _round_half_up, check_rank_spec
+from app.optim.checks import is_float, is_int, round_half_up
+from app.optim.layout import RankSpec, check_rank_spec
 
 __all__ = ["RankSchedule", "refresh_due", "gap_at", "rank_at", "schedule_for"]
 
@@ -34,11 +35,11 @@ _UNITS = ("step", "epoch")
 
 
 def _check_gap(gap: object, growth: object, max_gap: object) -> None:
-    if not _is_int(gap) or gap < 1:
+    if not is_int(gap) or gap < 1:
         raise ValueError(f"gap={gap!r} is invalid: use an int >= 1 (optimizer steps between refreshes), e.g. gap=200")
-    if not (_is_int(growth) or _is_float(growth)) or not (math.isfinite(growth) and growth >= 1):
+    if not (is_int(growth) or is_float(growth)) or not (math.isfinite(growth) and growth >= 1):
         raise ValueError(f"growth={growth!r} is invalid: use a float >= 1 (1 = fixed gap), e.g. growth=2.0")
-    if max_gap is not None and (not _is_int(max_gap) or max_gap < gap):
+    if max_gap is not None and (not is_int(max_gap) or max_gap < gap):
         raise ValueError(f"max_gap={max_gap!r} is invalid: use None or an int >= gap ({gap})")
 
 
@@ -46,7 +47,7 @@ def _gaps(gap: int, growth: float, max_gap: int | None):
     """``g_0, g_1, ...`` (non-decreasing; constant once capped, or from the start when ``growth == 1``)."""
     i = 0
     while True:
-        g = max(1, _round_half_up(gap * growth**i))
+        g = max(1, round_half_up(gap * growth**i))
         if max_gap is not None:
             g = min(g, max_gap)
         yield g
@@ -55,7 +56,7 @@ def _gaps(gap: int, growth: float, max_gap: int | None):
 
 def _last_refresh_and_gap(step: int, gap: int, growth: float, max_gap: int | None) -> tuple[int, int]:
     """The last refresh step ``<= step`` and the gap that follows it (loops once per gap until the gap settles)."""
-    if not _is_int(step) or step < 0:
+    if not is_int(step) or step < 0:
         raise ValueError(f"step={step!r} is invalid: use an int >= 0")
     _check_gap(gap, growth, max_gap)
     t = 0
@@ -88,8 +89,8 @@ def gap_at(step: int, gap: int, growth: float = 1.0, max_gap: int | None = None)
 
 
 def _lerp(a: int | float, b: int | float, x: float) -> int | float:
-    if _is_int(a) and _is_int(b):
-        return _round_half_up(a + (b - a) * x)
+    if is_int(a) and is_int(b):
+        return round_half_up(a + (b - a) * x)
     return float(a) + (float(b) - float(a)) * x
 
 
@@ -101,7 +102,7 @@ def _check_pair(start: RankSpec, end: RankSpec) -> None:
             raise ValueError(f"rank start={start!r} and end={end!r} must both be scalars or lists of equal length")
         pairs = list(zip(start, end, strict=True))
     for a, b in pairs:
-        if _is_int(a) != _is_int(b):
+        if is_int(a) != is_int(b):
             raise ValueError(
                 f"rank start={start!r} and end={end!r} mix an int (a rank) with a float (a fraction of the "
                 "elements); use two ints or two floats, e.g. start=0.5, end=0.1"
@@ -142,7 +143,7 @@ class RankSchedule:
             self.start = list(self.start)
         if isinstance(self.end, tuple):
             self.end = list(self.end)
-        self.milestones = [int(m) if _is_int(m) else m for m in self.milestones]
+        self.milestones = [int(m) if is_int(m) else m for m in self.milestones]
         check_rank_spec(self.start, "start")
         if self.kind == "constant":
             return
@@ -152,15 +153,15 @@ class RankSchedule:
         _check_pair(self.start, self.end)
         if self.kind == "step":
             ms = self.milestones
-            if not ms or not all(_is_int(m) and m >= 0 for m in ms) or list(ms) != sorted(set(ms)):
+            if not ms or not all(is_int(m) and m >= 0 for m in ms) or list(ms) != sorted(set(ms)):
                 raise ValueError(
                     f"milestones={ms!r} is invalid: a 'step' schedule needs strictly ascending ints >= 0, "
                     "e.g. milestones=[10, 20]"
                 )
             return
-        if not _is_int(self.begin) or self.begin < 0:
+        if not is_int(self.begin) or self.begin < 0:
             raise ValueError(f"begin={self.begin!r} is invalid: use an int >= 0")
-        if not _is_int(self.until) or self.until <= self.begin:
+        if not is_int(self.until) or self.until <= self.begin:
             raise ValueError(
                 f"until={self.until!r} is invalid: a {self.kind!r} schedule needs an int until > begin ({self.begin})"
             )

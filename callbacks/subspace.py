@@ -1,9 +1,10 @@
 """SubspaceScheduler: the policy for Tensor-GaLore's subspaces (when to refresh, at which rank), and their diagnostics.
 
 The optimizer (``app.optim.TensorGaLoreAdamW``) is the mechanism: it owns the factors, the refresh maths and what a
-refresh does to the moments. This callback decides, and talks to it only through its documented controls:
-param-group keys (``update_proj_gap``, ``rank``), ``request_refresh(group_idx)``, ``set_rank(rank, group_idx)`` and
-the read-only ``subspace_stats()``, ``captured_energy_now()``, ``gradient_spectra()``, ``state_bytes()``.
+refresh does to the moments. This callback decides, and talks to it only through the controls of the
+``app.optim.SubspaceControl`` protocol: ``attach_policy(group_idx)``, ``request_refresh(group_idx)``,
+``set_rank(rank, group_idx)`` and the read-only ``subspace_stats()``, ``captured_energy_now()``,
+``gradient_spectra()``, ``state_bytes()``. It writes no persistent group option but the rank it schedules.
 
 Policies (every projected param group, i.e. ``galore=True``, is managed; one group per spectral weight):
 
@@ -12,8 +13,9 @@ Policies (every projected param group, i.e. ``galore=True``, is managed; one gro
   of the current gradient the current subspace captures (``||project(G)||^2 / ||G||^2``, one projection) and
   refresh a layer only when that falls below ``lazy_threshold`` (times the energy captured at its last refresh if
   ``lazy_relative``), at most every ``min_gap`` and at least every ``max_gap`` steps. The callback owns the cadence:
-  it sets ``update_proj_gap=None`` on the groups it manages, so the optimizer refreshes only when asked (and at a
-  parameter's first step).
+  it attaches itself to the groups it manages (``attach_policy``), so the optimizer refreshes them only when asked
+  (and at a parameter's first step). The flag is not saved: a run resumed without the callback refreshes at the
+  optimizer's own ``update_proj_gap`` again, counted from each layer's last refresh.
 * **rank** -- a :class:`~callbacks.schedules.RankSchedule` (constant, step, linear, cosine; over steps or epochs),
   per-layer overrides by name pattern (``rank_overrides``). A rank applies at a refresh: the rank in force at each
   refresh step is set just before it (``refresh_on_rank_change=True`` also refreshes as soon as the scheduled rank
@@ -64,19 +66,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
 from app.memory import adamw_state_bytes
-from app.optim import group_layout
+from app.optim import SubspaceControl, group_layout
+from app.optim.schema import param_state_schema, schema_bytes
 
 from .schedules import RankSchedule, rank_at, refresh_due, schedule_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SubspaceScheduler", "LayerSpectra", "energy_rank", "allocate_ranks", "layer_state_bytes"]
+__all__ = ["SubspaceScheduler", "LayerSpectra", "energy_rank", "allocate_ranks", "budget_state_bytes"]
 
 _REFRESH = ("fixed", "geometric", "lazy")
-_CONTROLS = ("request_refresh", "set_rank", "subspace_stats", "state_bytes")
-# state of a projected parameter that does not depend on its ranks: step, energy (float32), last_refresh,
-# refreshes, nonfinite_skips (int64); plus per view mode 4 bytes of overlap, per projected mode 4*n of spectrum
-_FIXED_PROJECTED = 4 + 4 + 8 + 8 + 8
 
 
 # ------------------------------------------------------------------------------------------ rank selection
@@ -96,27 +95,28 @@ def energy_rank(spectrum: Sequence[float], epsilon: float) -> int:
     return len(spectrum)
 
 
-def layer_state_bytes(view: Sequence[int], ranks: Sequence[int | None], itemsize: int, real_itemsize: int) -> int:
-    """Rank-dependent optimizer-state bytes of one projected parameter: the core-shaped moments
-    (``itemsize + real_itemsize`` per core element) and the factors (``n_k * r_k * itemsize``)."""
-    core = math.prod(n if r is None else r for n, r in zip(view, ranks, strict=True))
-    factors = sum(n * r for n, r in zip(view, ranks, strict=True) if r is not None)
-    return core * (itemsize + real_itemsize) + factors * itemsize
+def budget_state_bytes(shape: Sequence[int], dtype: torch.dtype, layout, options: dict[str, Any]) -> int:
+    """Optimizer-state bytes a budget counts for one parameter (``layout``: ``(view, ranks)`` or None), from the
+    optimizer's state schema; conservative: the entries that exist only after a second refresh (``overlap``) or a
+    skipped step (``nonfinite_skips``) are counted."""
+    return schema_bytes(param_state_schema(shape, dtype, layout, options, refreshes=2, skipped=True))
 
 
 @dataclass
 class LayerSpectra:
     """What rank allocation needs about one projected parameter: its layout view, per mode the Gram eigenvalues
-    of its current gradient (None for unprojected modes), per-mode rank caps, and its element sizes."""
+    of its current gradient (None for unprojected modes), per-mode rank caps, and its parameter's dtype and
+    optimizer options (for the state's bytes at candidate ranks, :func:`budget_state_bytes`)."""
 
     view: tuple[int, ...]
     spectra: list[list[float] | None]
     caps: list[int | None]
-    itemsize: int
-    real_itemsize: int
+    dtype: torch.dtype
+    options: dict[str, Any]
 
     def bytes(self, ranks: Sequence[int | None]) -> int:
-        return layer_state_bytes(self.view, ranks, self.itemsize, self.real_itemsize)
+        """The parameter's whole optimizer-state bytes at per-mode ``ranks`` of its view."""
+        return budget_state_bytes(self.view, self.dtype, (self.view, tuple(ranks)), self.options)
 
 
 def _tails(spectrum: Sequence[float]) -> list[float]:
@@ -319,6 +319,13 @@ class SubspaceScheduler(Callback):
             )
         self._pending, self._logged_ranks = None, {}
 
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Give the optimizer its own cadence back (the optimizer may outlive the fit)."""
+        for optimizer in trainer.optimizers if stage == "fit" else ():
+            opt = getattr(optimizer, "optimizer", optimizer)
+            if isinstance(opt, SubspaceControl):
+                opt.detach_policy()
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         opt = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps the torch optimizer
         managed = self._managed(opt)
@@ -427,8 +434,6 @@ class SubspaceScheduler(Callback):
     def choose_ranks(self, opt: Optimizer, due: Sequence[int], step: int, epoch: int) -> dict[int, Any]:
         """Automatic ranks for the groups in ``due`` from their current gradients (one host read): a rank spec
         per group (a per-mode list of ints, or one int for the matrix layout)."""
-        if not hasattr(opt, "gradient_spectra"):
-            raise TypeError(f"auto_rank needs an optimizer with gradient_spectra(), got {type(opt).__name__}")
         entries = [e for gi in due for e in opt.gradient_spectra(gi)]
         for gi in due:
             if sum(1 for e in entries if e["group"] == gi) > 1:
@@ -449,10 +454,10 @@ class SubspaceScheduler(Callback):
             for s in e["spectra"]:
                 spectra.append(None if s is None else values[pos : pos + s.numel()])
                 pos += 0 if s is None else s.numel()
-            layers.append(LayerSpectra(tuple(e["view_shape"]), spectra, list(caps), p.element_size(), _real_size(p)))
+            layers.append(LayerSpectra(tuple(e["view_shape"]), spectra, list(caps), p.dtype, group))
         budget = None
         if self.budget_bytes is not None:
-            budget = self.budget_bytes - self._fixed_bytes(opt, {e["group"] for e in entries})
+            budget = self.budget_bytes - self._other_bytes(opt, {(e["group"], e["index"]) for e in entries})
         ranks, fits = allocate_ranks(layers, self.epsilon, budget)
         if not fits and not self._warned_budget:
             self._warned_budget = True
@@ -470,44 +475,32 @@ class SubspaceScheduler(Callback):
             log.info("step %d: %s ranks %s", step, self._name(opt, e["group"]), out[e["group"]])
         return out
 
-    def _fixed_bytes(self, opt: Optimizer, choosing: set[int]) -> int:
-        """Optimizer-state bytes that the ranks being chosen do not change (conservative: counters that exist only
-        after a second refresh or a skipped step are counted)."""
+    def _other_bytes(self, opt: Optimizer, choosing: set[tuple[int, int]]) -> int:
+        """Optimizer-state bytes of every parameter whose ranks are not being chosen (``(group, index)`` pairs),
+        at their current ranks (:func:`budget_state_bytes`)."""
         total = 0
         for gi, group in enumerate(opt.param_groups):
-            for p in group["params"]:
-                if not p.requires_grad:
-                    continue
-                layout = group_layout(p, group)
-                if layout is None:
-                    total += 4 + 8 + p.numel() * (p.element_size() + _real_size(p))
-                    continue
-                view, ranks = layout
-                total += (
-                    _FIXED_PROJECTED
-                    + 4 * len(view)
-                    + sum(4 * n for n, r in zip(view, ranks, strict=True) if r is not None)
-                )
-                if gi not in choosing:
-                    total += layer_state_bytes(view, ranks, p.element_size(), _real_size(p))
+            for pi, p in enumerate(group["params"]):
+                if p.requires_grad and (gi, pi) not in choosing:
+                    total += budget_state_bytes(p.shape, p.dtype, group_layout(p, group), group)
         return total
 
     # -------------------------------------------------------------------------------- helpers
 
     def _managed(self, opt: Optimizer) -> list[int]:
-        managed = [gi for gi, g in enumerate(opt.param_groups) if g.get("galore")]
+        """The projected groups (``galore=True``); attaches this policy to them (idempotent, not persisted)."""
+        managed = [gi for gi, g in enumerate(opt.param_groups) if g.get("galore")]  # any optimizer's groups
         if not managed:
             return []
-        missing = [m for m in _CONTROLS if not callable(getattr(opt, m, None))]
-        if self.refresh == "lazy" and not callable(getattr(opt, "captured_energy_now", None)):
-            missing.append("captured_energy_now")
-        if missing:
+        if not isinstance(opt, SubspaceControl):
+            controls = [m for m in vars(SubspaceControl) if callable(getattr(SubspaceControl, m)) and m[0] != "_"]
+            missing = [m for m in controls if not callable(getattr(opt, m, None))]
             raise TypeError(
-                f"SubspaceScheduler needs an optimizer with {', '.join(missing)} (e.g. app.optim.TensorGaLoreAdamW), "
-                f"got {type(opt).__name__}"
+                f"SubspaceScheduler needs an optimizer with the app.optim.SubspaceControl interface (missing: "
+                f"{', '.join(missing)}; e.g. app.optim.TensorGaLoreAdamW), got {type(opt).__name__}"
             )
-        for gi in managed:  # the callback owns the cadence
-            opt.param_groups[gi]["update_proj_gap"] = None
+        for gi in managed:  # the callback owns the cadence while it is attached
+            opt.attach_policy(gi)
         return managed
 
     @staticmethod
@@ -536,7 +529,3 @@ class SubspaceScheduler(Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
                 experiment.add_text("subspace/ranks", table, global_step=step)
-
-
-def _real_size(p: torch.Tensor) -> int:
-    return torch.empty((), dtype=p.dtype).real.element_size()

@@ -1,4 +1,5 @@
-"""Sparse gradient parts and low-precision moments: pure functions, plain PyTorch (used by ``tensorgrad.py``).
+"""Sparse gradient parts and low-precision moments: pure functions, plain PyTorch (the Adam update of a sparse
+part is :func:`app.optim.kernels.sparse_adamw`).
 
 Conventions:
 
@@ -35,7 +36,6 @@ __all__ = [
     "gather_project_back",
     "scatter",
     "carry_over",
-    "sparse_adamw",
     "to_bfloat16",
     "from_bfloat16",
 ]
@@ -107,7 +107,7 @@ def gather_project_back(core: Tensor, factors: Sequence[Tensor | None], index: T
     ``numel * r``.
     """
     outs = tuple(None if u is None else int(u.shape[0]) for u in factors)
-    order = tucker._product_order(tuple(core.shape), outs)
+    order = tucker.product_order(tuple(core.shape), outs)
     if not order:
         return gather(core, index)
     m = order[-1]
@@ -135,43 +135,6 @@ def carry_over(values: Tensor, old_index: Tensor, new_index: Tensor) -> Tensor:
     hit = old[pos] == new
     out[hit] = values[pos[hit]]
     return out
-
-
-def sparse_adamw(
-    params: list[Tensor],
-    values: list[Tensor],
-    indices: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    bias_steps: list[float],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    scale: float,
-    complex_norm: str = "element",
-) -> None:
-    """Adam on sparse parts: ``param.flat[index] -= lr * scale * M_hat / (sqrt(V_hat) + eps)``, in place.
-
-    ``values[i]`` are the gradient's sparse entries at ``indices[i]``; ``exp_avgs[i]`` (dtype of the values) and
-    ``exp_avg_sqs[i]`` (real, ``|g|^2``) are the moments of those entries, updated in place with the bias
-    corrections of step ``bias_steps[i]``; ``complex_norm`` as in :func:`tucker.rms_divisor`. No weight
-    decay (the caller applies it once to the whole parameter).
-    """
-    for param, g, index, m, v, step in zip(params, values, indices, exp_avgs, exp_avg_sqs, bias_steps, strict=True):
-        m.lerp_(g, 1 - beta1)
-        v.mul_(beta2).add_(abs_sq(g), alpha=1 - beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        c = tucker.rms_divisor(g.is_complex(), complex_norm)
-        denom = (v.sqrt() / (bias_correction2 * c) ** 0.5).add_(eps)
-        update = m / denom
-        alpha = -lr * scale / bias_correction1
-        if param.is_contiguous():
-            param.view(-1).index_add_(0, index, update, alpha=alpha)
-        else:
-            param.add_(scatter(update, index, param.shape), alpha=alpha)
 
 
 def to_bfloat16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

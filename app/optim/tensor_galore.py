@@ -1,4 +1,5 @@
-"""Tensor-GaLore AdamW: Tucker-projected, complex-correct Adam with checkpointable, plain-tensor state.
+"""Tensor-GaLore AdamW: Tucker-projected, complex-correct Adam with checkpointable, plain-tensor state, and its
+options: a sparse part (TensorGRaD), bfloat16 moments, a residual step.
 
 Algorithm (George et al., "Tensor-GaLore", Algorithm 1) for a parameter ``W`` with gradient ``G`` in a projected
 group; every operation uses conjugate transposes, so complex weights (FNO spectral weights) are handled exactly:
@@ -17,25 +18,39 @@ with no projection: for real parameters this is exactly ``torch.optim.AdamW`` (s
 for complex ones the second moment is ``|g|^2`` (one real number per element) rather than torch's separate
 squares of the real and imaginary parts.
 
-State per projected parameter (plain tensors, so ``torch.load(weights_only=True)`` works):
-``step`` (0-d float32, host), ``exp_avg`` (core-shaped, parameter dtype), ``exp_avg_sq`` (core-shaped, real),
-``factor_k`` (``(n_k, r_k)`` for each projected mode ``k`` of the layout), ``spectrum_k`` (``(n_k,)`` float32
-Gram eigenvalues of the last refresh, for rank selection and diagnostics), ``energy`` (0-d float32: captured
-energy ``||R||^2 / ||G||^2`` at the last refresh), ``overlap`` (per mode, float32: subspace drift at the last
-refresh, from the second refresh on), ``last_refresh`` and ``refreshes`` (0-d int64, host) and,
-after a skipped non-finite step, ``nonfinite_skips`` (0-d int64, host); with ``residual="scaled"``,
-``residual_norm`` (0-d, the parameter's real dtype: the last residual-update norm, for the growth limiter).
-The ranks are the factors' shapes.
+**Sparse part** (``sparse_ratio > 0``; TensorGRaD, Loeschcke et al., 2025, the follow-up to Tensor-GaLore by the
+same group): each projected gradient is written as ``G ~ L + S``, ``L`` the Tucker projection and ``S`` a sparse
+tensor that keeps a fraction of the entries, so that the large isolated entries a low-rank subspace misses are
+still optimised.
+
+1. *Composition* (``composition``): ``"lowrank_first"`` fits the subspace to ``G`` and takes the sparse part from
+   the residual ``G - back(project(G))``; ``"sparse_first"`` takes it from ``G`` and fits the subspace to ``G - S``.
+2. *Selection* (``sparse_type``), at each subspace refresh: ``"topk"`` keeps the ``k`` entries of largest modulus,
+   ``"randk"`` ``k`` uniformly random entries drawn from a seed mixed from ``(seed, step, parameter position)``
+   with a private generator, so every DDP rank and every resumed run draws the same ones;
+   ``k = sparse.sparse_count(sparse_ratio, numel)``. Between refreshes the positions stay and only the values are
+   read from each new gradient.
+3. *Adam twice*: the core gets the moments above; the sparse values get their own, one entry per kept position.
+4. *Update*: ``W = (1 - lr * wd) W - lr * (scale * back(N_L) + sparse_scale * scatter(N_S))``.
+
+What a refresh does to the sparse moments follows ``refresh_moments``: ``"reset"`` zeroes them (the bias
+correction restarts at the refresh, as for the core); ``"keep"`` and ``"project"`` carry the moments of the
+positions kept in both selections over and start the new ones at zero.
+
+**Lower-precision state** (``moment_dtype="bfloat16"``): every moment of the group is kept in bfloat16 between
+steps (complex ones as real and imaginary parts). During a step each parameter's moments are decoded to the
+parameter's dtype, the update is computed there exactly as with ``moment_dtype="param"``, and the new moments are
+rounded back (``moment_rounding``: ``"stochastic"``, seeded like ``randk``, or ``"nearest"``).
+
+The state's keys, shapes and dtypes are described once, in :mod:`app.optim.schema`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import numbers
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal
 
@@ -43,286 +58,47 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..memory import optimizer_state_bytes
-from . import tucker
-from .matrix import matrix_ranks, matrix_shape
+from . import diagnostics, sparse, tucker
+from .checks import is_int
+from .kernels import AdamHyper, sparse_adamw, tensor_galore_adamw
+from .layout import Layout, RankSpec, group_layout, kept_fraction
+from .options import check_group, check_options, param_label
+from .refresh import refresh_subspace
+from .schema import (
+    FIRST_MOMENTS,
+    HOST_KEYS,
+    SECOND_MOMENTS,
+    SPARSE_KEYS,
+    factor_keys,
+    factors_from_state,
+    real_dtype,
+    tensor_state_bytes,
+)
 
-__all__ = [
-    "TensorGaLoreAdamW",
-    "group_layout",
-    "NonFiniteGradientError",
-    "tensor_galore_adamw",
-    "projection_layout",
-]
+__all__ = ["TensorGaLoreAdamW", "NonFiniteGradientError", "decode_moments"]
 
-logger = logging.getLogger(__name__)
-
-_PROJ = ("tucker", "matrix")
-_SOLVERS = ("hosvd", "hooi", "tensorly")
-_REFRESH_MOMENTS = ("keep", "project", "reset")
-_NONFINITE = ("error", "skip")
-_COMPLEX_NORM = ("element", "component")
-_RESIDUAL = ("none", "scaled")
-# state entries kept on the host (like torch's ``step``): read for refresh decisions without a device sync
-_HOST_KEYS = frozenset({"step", "last_refresh", "refreshes", "nonfinite_skips"})
+# salts of the two random streams, so the selection and the rounding of one step never share bits
+_SALT_SELECT, _SALT_ROUND = 0x5E1EC7, 0x20D0
+# options added after the first release, with the value that reproduces a state dict saved before them
+_LEGACY = dict(
+    refresh_pending=False,
+    layout_modes=None,
+    complex_norm="element",
+    proj_modes=None,
+    residual="none",
+    residual_limit=1.01,
+    sparse_ratio=0.0,
+    sparse_type="topk",
+    composition="lowrank_first",
+    sparse_scale=1.0,
+    seed=0,
+    moment_dtype="param",
+    moment_rounding="stochastic",
+)
 
 
 class NonFiniteGradientError(FloatingPointError):
     """A parameter's gradient contains inf or nan and its group has ``nonfinite="error"``."""
-
-
-# ------------------------------------------------------------------------------------------ validation
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid; choose one of {', '.join(map(repr, choices))}")
-
-
-def _check_real(name: str, value: object, lo: float, example: str, *, strict: bool = False) -> None:
-    if not _is_number(value):
-        raise TypeError(f"{name}={value!r} has type {type(value).__name__}; use a float, e.g. {name}={example}")
-    if not (math.isfinite(value) and (value > lo if strict else value >= lo)):
-        raise ValueError(
-            f"{name}={value!r} is invalid: use a finite float {'>' if strict else '>='} {lo:g}, e.g. {name}={example}"
-        )
-
-
-def _check_options(group: dict[str, Any]) -> None:
-    """Validate every option of a param group (or of ``defaults``); the messages name the value and the fix."""
-    _check_real("lr", group["lr"], 0.0, "1e-3")
-    betas = group["betas"]
-    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
-        raise TypeError(f"betas={betas!r} is invalid: use a pair of floats, e.g. betas=(0.9, 0.999)")
-    for i, b in enumerate(betas):
-        if not _is_number(b) or not 0.0 <= b < 1.0:
-            raise ValueError(f"betas[{i}]={b!r} is invalid: each beta must be in [0, 1), e.g. betas=(0.9, 0.999)")
-    _check_real("eps", group["eps"], 0.0, "1e-8")
-    _check_real("weight_decay", group["weight_decay"], 0.0, "1e-4")
-    _check_real("scale", group["scale"], 0.0, "1.0", strict=True)
-    for key in ("galore", "refresh_pending"):
-        if not isinstance(group[key], bool):
-            raise TypeError(f"{key}={group[key]!r} must be a bool (True or False), got {type(group[key]).__name__}")
-    tucker.check_rank_spec(group["rank"])
-    gap = group["update_proj_gap"]
-    if gap is not None and (not tucker._is_int(gap) or gap < 1):
-        raise ValueError(
-            f"update_proj_gap={gap!r} is invalid: use an int >= 1 (steps between refreshes), or None "
-            "to refresh only at the first step and on request_refresh()"
-        )
-    _check_choice("proj", group["proj"], _PROJ)
-    tucker.check_modes(group["proj_modes"])
-    if not tucker._is_int(group["rollup"]) or group["rollup"] < 1:
-        raise ValueError(
-            f"rollup={group['rollup']!r} is invalid: use an int >= 1 (leading modes rolled into the "
-            "rows of the matrix view), e.g. rollup=1"
-        )
-    _check_choice("solver", group["solver"], _SOLVERS)
-    if not tucker._is_int(group["solver_iters"]) or group["solver_iters"] < 1:
-        raise ValueError(f"solver_iters={group['solver_iters']!r} is invalid: use an int >= 1, e.g. solver_iters=1")
-    _check_choice("refresh_moments", group["refresh_moments"], _REFRESH_MOMENTS)
-    _check_choice("nonfinite", group["nonfinite"], _NONFINITE)
-    _check_choice("complex_norm", group["complex_norm"], _COMPLEX_NORM)
-    _check_choice("residual", group["residual"], _RESIDUAL)
-    limit = group["residual_limit"]
-    if limit is not None:
-        _check_real("residual_limit", limit, 1.0, "1.01", strict=True)
-
-
-def projection_layout(
-    shape: Sequence[int],
-    rank: tucker.RankSpec,
-    proj: str = "tucker",
-    rollup: int = 1,
-    proj_modes: Sequence[int] | None = None,
-) -> tuple[tuple[int, ...], tuple[int | None, ...]] | None:
-    """How a parameter of ``shape`` is projected: ``(view_shape, ranks)`` or ``None`` (not projected).
-
-    * ``ndim <= 1``: ``None`` (full-tensor Adam; there is nothing to project);
-    * ``proj="tucker"`` and ``ndim >= 3``: the tensor itself, one rank per mode (:func:`tucker.resolve_ranks`;
-      ``None`` for modes outside ``proj_modes``);
-    * ``proj="matrix"``, or any 2-D parameter: the ``(m, n)`` matrix view of :func:`matrix.matrix_shape` with
-      ``rollup`` and a rank on its smaller side only (:func:`matrix.matrix_ranks`; ``proj_modes`` is ignored).
-    """
-    shape = tuple(int(n) for n in shape)
-    if len(shape) <= 1:
-        return None
-    if proj == "tucker" and len(shape) >= 3:
-        return shape, tucker.resolve_ranks(rank, shape, proj_modes)
-    view = matrix_shape(shape, rollup)
-    return view, matrix_ranks(rank, view)
-
-
-def group_layout(
-    p: Tensor, group: dict[str, Any], rank: tucker.RankSpec | None = None
-) -> tuple[tuple[int, ...], tuple[int | None, ...]] | None:
-    """:func:`projection_layout` of parameter ``p`` under the options of param group ``group`` (``rank``
-    overrides the group's rank); ``None`` when the group is not projected."""
-    if not group.get("galore"):
-        return None
-    return projection_layout(
-        p.shape,
-        group["rank"] if rank is None else rank,
-        group["proj"],
-        group["rollup"],
-        group.get("proj_modes"),
-    )
-
-
-# ------------------------------------------------------------------------------------------ functional kernel
-
-
-def _ema_abs_sq_(v: Tensor, g: Tensor, beta2: float) -> None:
-    """``v = beta2 * v + (1 - beta2) * |g|^2`` in place; real ``v``; the real case is torch.optim.AdamW's ops."""
-    if g.is_complex():
-        v.mul_(beta2).add_(tucker.abs_sq(g), alpha=1 - beta2)
-    else:
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-
-
-def tensor_galore_adamw(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    factors: list[Sequence[Tensor | None] | None],
-    bias_steps: list[float],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    scale: float,
-    complex_norm: str = "element",
-    residual_grads: list[Tensor | None] | None = None,
-    residual_norms: list[Tensor | None] | None = None,
-    residual_limit: float | None = None,
-) -> None:
-    """One AdamW update per parameter, in a projected space where ``factors[i]`` is given.
-
-    ``grads[i]`` is the projected gradient (the core, shaped like the moments) when ``factors[i]`` is a factor
-    list (the parameter's layout view has ``len(factors[i])`` modes), else the full gradient. ``bias_steps[i]``
-    is the ``t`` of the bias corrections. Updates ``params``, ``exp_avgs`` and ``exp_avg_sqs`` in place; the
-    update of a projected parameter is multiplied by ``scale``. ``complex_norm`` is the convention of
-    :func:`tucker.rms_divisor` for complex gradients. Full-tensor updates use exactly the operations of
-    ``torch.optim.AdamW``'s single-tensor path (so real parameters get the same bits); full-tensor real
-    parameters are updated together with ``torch._foreach_*`` ops (one call per operation instead of one per
-    parameter: the same elementwise kernels, so the same bits, with less Python overhead).
-
-    Residual step (``residual="scaled"`` in :class:`TensorGaLoreAdamW`): where ``residual_grads[i]`` is the full
-    gradient ``G`` (in the layout view) of a projected parameter, the part of ``G`` outside the subspace,
-    ``G - back(core)``, is added to the update with the norm ratio ``phi = ||D|| / ||core||`` of this step's
-    Adam direction ``D`` (``M_hat / (sqrt(V_hat) + eps)`` in the core) to the core gradient, capped by
-    ``residual_limit`` against ``residual_norms[i]`` (the last step's residual-update norm, a 0-d tensor of the
-    parameter's real dtype updated in place; 0 means no cap). See ``residual`` in :class:`TensorGaLoreAdamW`.
-    """
-    dense: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, fs in enumerate(factors):
-        if fs is None and not params[i].is_complex():
-            dense.setdefault((params[i].device, params[i].dtype), []).append(i)
-    for idx in dense.values():
-        _dense_adamw_foreach(
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            [exp_avgs[i] for i in idx],
-            [exp_avg_sqs[i] for i in idx],
-            [bias_steps[i] for i in idx],
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-        )
-    done = {i for idx in dense.values() for i in idx}
-    for i, param in enumerate(params):
-        if i in done:
-            continue
-        grad, exp_avg, exp_avg_sq, fs = grads[i], exp_avgs[i], exp_avg_sqs[i], factors[i]
-        step = bias_steps[i]
-        if weight_decay != 0 and fs is None:
-            param.mul_(1 - lr * weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        _ema_abs_sq_(exp_avg_sq, grad, beta2)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
-        c = tucker.rms_divisor(grad.is_complex(), complex_norm)
-        denom = (exp_avg_sq.sqrt() / (bias_correction2 * c) ** 0.5).add_(eps)  # c = 1: x * 1.0 is exact
-        if fs is None:
-            param.addcdiv_(exp_avg, denom, value=-step_size)
-            continue
-        direction = exp_avg / denom
-        view = [direction.shape[k] if u is None else u.shape[0] for k, u in enumerate(fs)]
-        decay = 1 - lr * weight_decay
-        full = None if residual_grads is None else residual_grads[i]
-        alpha = -step_size * scale
-        if full is not None:  # lr * back(scale * D - phi * core) + lr * phi * G: one back-projection for both
-            phi = _residual_ratio(direction, grad, full, residual_norms[i], bias_correction1, residual_limit)
-            lr_phi = (lr * phi).to(grad.dtype)  # the core has G's dtype
-            direction = direction.mul_(step_size * scale).sub_(grad * lr_phi)
-            alpha = -1.0
-        if param.is_contiguous():  # decay and update in one pass, the last mode product writing into param
-            tucker.add_project_back_(param.view(view), direction, fs, alpha=alpha, beta=decay)
-            target = param.view(view)
-        else:
-            update = tucker.project_back(direction, fs).reshape(param.shape)
-            param.mul_(decay).add_(update, alpha=alpha)
-            target = param
-        if full is not None:
-            target.sub_(full.reshape(target.shape) * lr_phi)
-
-
-def _residual_ratio(
-    direction: Tensor, core: Tensor, full: Tensor, last_norm: Tensor, bias_correction1: float, limit: float | None
-) -> Tensor:
-    """``phi`` (0-d tensor of the gradient's real dtype, at least float32; no host sync) of the residual step;
-    writes this step's residual-update norm ``phi * ||G - back(core)||`` into ``last_norm``. ``||G -
-    back(core)||^2 = ||G||^2 - ||core||^2`` because the factors are orthonormal, so the residual itself is never
-    formed. A zero core gradient gives ``phi = 0``."""
-    core_sq = tucker.norm_sq(core, dtype=None)
-    d_norm = tucker.norm_sq(direction, dtype=None).sqrt() / bias_correction1
-    tiny = torch.finfo(core_sq.dtype).tiny
-    phi = torch.where(core_sq > 0, d_norm / core_sq.sqrt().clamp_min(tiny), torch.zeros_like(core_sq))
-    res_norm = phi * (tucker.norm_sq(full, dtype=None) - core_sq).clamp_min(0).sqrt()
-    if limit is not None:  # Fira's norm-growth limiter: the residual update grows at most by ``limit`` per step
-        cap = limit * last_norm
-        shrink = torch.where((last_norm > 0) & (res_norm > cap), cap / res_norm.clamp_min(tiny), torch.ones_like(phi))
-        phi, res_norm = phi * shrink, res_norm * shrink
-    last_norm.copy_(res_norm)
-    return phi
-
-
-def _dense_adamw_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    bias_steps: list[float],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-) -> None:
-    """AdamW on full real tensors of one device and dtype: the single-tensor path's operations, as foreach ops."""
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    denoms = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denoms, [(1 - beta2**t) ** 0.5 for t in bias_steps])
-    torch._foreach_add_(denoms, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denoms, [-(lr / (1 - beta1**t)) for t in bias_steps])
-
-
-# ------------------------------------------------------------------------------------------ optimizer
 
 
 @dataclass
@@ -332,12 +108,14 @@ class _Work:
     group_idx: int
     param_idx: int
     param: Tensor
-    grad: Tensor  # full gradient, in the layout view for projected parameters
-    layout: tuple[tuple[int, ...], tuple[int | None, ...]] | None
+    grad: Tensor  # full gradient in the layout view (G - S for composition="sparse_first")
+    layout: Layout | None
     refresh: bool = False
     core: Tensor | None = None
     grad_norm_sq: Tensor | None = None  # ||G||^2 at refresh steps (reused for the captured energy)
-    extra: dict[str, Any] = field(default_factory=dict)  # a subclass's per-step data (see _before_projection)
+    sparse_index: Tensor | None = None  # sparse_first: this step's sparse part of G, chosen before projection
+    sparse_values: Tensor | None = None
+    sparse_total: Tensor | None = None  # sparse_first: ||G||^2 (``grad`` is G - S there)
 
     def finiteness_probe(self) -> Tensor:
         """A 0-d float32 that is finite iff the gradient is: ``||core||^2`` between refreshes (inf/nan in ``G``
@@ -367,52 +145,24 @@ def _finiteness_probes(items: list[_Work]) -> list[Tensor]:
     return probes  # type: ignore[return-value]
 
 
-def _real_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.empty((), dtype=dtype).real.dtype
+def decode_moments(p: Tensor, state: dict[str, Any]) -> None:
+    """Bring bfloat16-stored moments back to the parameter's dtypes (before a step's update)."""
+    for key in FIRST_MOMENTS + SECOND_MOMENTS:
+        v = state.get(key)
+        if v is None or v.dtype != torch.bfloat16:
+            continue
+        dtype = p.dtype if key in FIRST_MOMENTS else real_dtype(p.dtype)
+        if dtype != torch.bfloat16:
+            state[key] = sparse.from_bfloat16(v, dtype)
 
 
-def _factor_keys(state: dict[str, Any]) -> dict[int, str]:
-    return {int(k[len("factor_") :]): k for k in state if k.startswith("factor_")}
-
-
-def _factors_from_state(state: dict[str, Any], layout) -> list[Tensor | None] | None:
-    """The stored factors if they fit ``layout``'s view and projected modes (ranks may differ), else ``None``."""
-    view, ranks = layout
-    keys = _factor_keys(state)
-    if set(keys) != {k for k, r in enumerate(ranks) if r is not None}:
-        return None
-    fs: list[Tensor | None] = [None] * len(view)
-    for k, key in keys.items():
-        u = state[key]
-        if u.ndim != 2 or u.shape[0] != view[k]:
-            return None
-        fs[k] = u
-    return fs
-
-
-def _resize(t: Tensor, shape: Sequence[int]) -> Tensor:
-    """Crop or zero-pad ``t`` to ``shape`` along every dimension (leading entries kept)."""
-    if tuple(t.shape) == tuple(shape):
-        return t
-    out = t.new_zeros(shape)
-    idx = tuple(slice(0, min(a, b)) for a, b in zip(t.shape, shape, strict=True))
-    out[idx] = t[idx]
-    return out
-
-
-def _transfer_moments(
-    exp_avg: Tensor, exp_avg_sq: Tensor, old: Sequence[Tensor | None], new: Sequence[Tensor | None], rule: str
-) -> tuple[Tensor, Tensor]:
-    """Moments in the new basis; see ``refresh_moments`` in :class:`TensorGaLoreAdamW`."""
-    core_shape = [exp_avg.shape[k] if u is None else u.shape[1] for k, u in enumerate(new)]
-    if rule == "reset":
-        return exp_avg.new_zeros(core_shape), exp_avg_sq.new_zeros(core_shape)
-    if rule == "keep":
-        return _resize(exp_avg, core_shape), _resize(exp_avg_sq, core_shape)
-    rot = [None if u is None else u.mH @ v for u, v in zip(new, old, strict=True)]  # (r_new, r_old) per mode
-    m = tucker.multi_mode_dot(exp_avg, rot)
-    v = tucker.multi_mode_dot(exp_avg_sq, [None if r is None else tucker.abs_sq(r) for r in rot])
-    return m, v.clamp_min_(0)
+def _counters_to_host(state: dict[str, Any]) -> None:
+    """Bring host-side counters back to the CPU if something moved them (Lightning's ``_optimizer_to_device``
+    moves every state entry but ``step``); one copy after such a move, none otherwise."""
+    for key in HOST_KEYS:
+        v = state.get(key)
+        if v is not None and v.device.type != "cpu":
+            state[key] = v.cpu()
 
 
 class TensorGaLoreAdamW(Optimizer):
@@ -449,13 +199,20 @@ class TensorGaLoreAdamW(Optimizer):
             elements with evenly spread per-mode ranks (see above); an int is the rank of every mode (capped at
             its size); a sequence gives each mode an int or a fraction of it.
         update_proj_gap: steps between automatic subspace refreshes, counted from a parameter's last refresh;
-            None refreshes only at the first step and on ``request_refresh()``.
-        scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``).
+            None refreshes only at the first step and on ``request_refresh()``. Default 50, the best cadence of
+            the defaults study (BENCHMARKS.md, "Tensor-GaLore defaults"; GaLore's 200 trained worse).
+        scale: factor applied to the back-projected update of projected parameters (GaLore's ``scale``), > 0, or
+            ``"auto"`` (default): ``1 / sqrt(f)`` with ``f`` the fraction of the parameter's elements its core
+            keeps (e.g. 2.0 at 25%), computed per parameter from its actual ranks. A rank-``f`` update has about
+            ``sqrt(f)`` of a full update's size; ``"auto"`` gives it AdamW's size again.
         proj: ``"tucker"``: Tensor-GaLore, one factor per mode (``G x_k U_k^H``); ``"matrix"``: the GaLore
             baseline, a one-sided projection of the matrix view with ``rollup`` leading modes as rows.
             2-D parameters always use the matrix projection.
-        proj_modes: the modes the Tucker path projects (mode indices, negative ones from the end), or None for
-            every mode. The other modes are kept whole and unrotated (no factor, no mode product), and a float
+        proj_modes: the modes the Tucker path projects (mode indices, negative ones from the end), None for
+            every mode, or ``"auto"`` (default): the group's ``layout_modes`` (set by the code that knows the
+            weight's layout: ``app.param_groups.split_param_groups`` gives FNO spectral weights their channel
+            modes ``(0, 1)``), else every mode. An explicit value (here or in the group) always wins. The other
+            modes are kept whole and unrotated (no factor, no mode product), and a float
             ``rank`` is then reached on the projected modes alone: ``proj_modes=[0, 1]`` with ``rank=0.25`` on an
             FNO spectral weight ``(in, out, m_1, m_2)`` compresses the channel modes to about half each
             (``(16, 16, 8, 5)`` -> ``(8, 8, 8, 5)``) and keeps every Fourier mode. How it trains against AdamW
@@ -493,17 +250,44 @@ class TensorGaLoreAdamW(Optimizer):
             with one ratio per tensor). The update becomes ``lr * (scale * back(D) + phi * (G - back(core)))``:
             full-rank, still with core-sized moments. It costs one 4-byte norm per parameter of state, a few
             norms and one extra pass over ``G`` per step, and no extra mode product (both parts go through one
-            back-projection). Not with TensorGRaD's sparse part (which takes entries of the same residual).
+            back-projection). Not with the sparse part (``sparse_ratio > 0``, which takes entries of the same
+            residual).
         residual_limit: Fira's norm-growth limiter for ``residual="scaled"``: the residual update's norm may grow
             by at most this factor per step (> 1; None: no limit); it stops a sudden large residual (e.g. a loss
             spike) from moving the weights by more than Adam's own step would.
 
-    Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool).
+        sparse_ratio: fraction of each projected parameter's entries in the sparse part (TensorGRaD), in [0, 1];
+            ``k = clamp(round(sparse_ratio * numel), 1, numel)`` entries; 0 (default): no sparse part.
+            ``sparse_ratio`` and ``sparse_type`` take effect at the next refresh, the other options at the next step.
+        sparse_type: ``"topk"``: the entries of largest modulus of the tensor the sparse part is taken from;
+            ``"randk"``: uniformly random entries, drawn from ``(seed, step, position of the parameter in the
+            optimizer's flattened parameter list)`` only, so DDP ranks and resumed runs agree.
+        composition: ``"lowrank_first"``: subspace fitted to ``G``, sparse part from the residual
+            ``G - back(project(G))``; ``"sparse_first"``: sparse part from ``G``, subspace fitted to ``G - S``.
+        sparse_scale: weight of the sparse part's update relative to the low-rank one (the update is
+            ``scale * low-rank + sparse_scale * sparse``), >= 0 (the published code's ``lambda_sparse``).
+        seed: seed of ``randk`` selections and of stochastic rounding (int >= 0).
+        moment_dtype: ``"param"``: moments in the parameter's dtype (second moments in its real dtype);
+            ``"bfloat16"``: every moment of the group (core, sparse and full-tensor ones) stored in bfloat16
+            (complex ones as real and imaginary parts) and decoded for the update, which is computed in the
+            parameter's dtype. It halves the state again at the cost of an encode/decode per step (figures:
+            BENCHMARKS.md, tensorgrad section).
+        moment_rounding: how moments are rounded to bfloat16: ``"stochastic"`` (unbiased; keeps slow averages
+            such as ``beta2=0.999`` moving) or ``"nearest"`` (round to nearest-even).
+
+    Group keys written by the control methods (also in ``defaults``): ``refresh_pending`` (bool). Written by the
+    code that builds the groups: ``layout_modes`` (default None: layout unknown), read by ``proj_modes="auto"``.
+    Not persisted: which groups have a refresh policy attached (:meth:`attach_policy`); while one is,
+    ``update_proj_gap`` is not applied to the group and its subspaces refresh on request only.
+
+    :class:`~app.optim.TensorGRaDAdamW` is this class with TensorGRaD's defaults (``rank=0.2``,
+    ``sparse_ratio=0.05``).
 
     Example::
 
         opt = TensorGaLoreAdamW(
             [{"params": spectral_weights, "galore": True}, {"params": others}], lr=1e-3, rank=0.25)
+        opt = TensorGaLoreAdamW(split_param_groups(model), rank=0.25, moment_dtype="bfloat16")  # bf16 moments
     """
 
     def __init__(
@@ -516,10 +300,10 @@ class TensorGaLoreAdamW(Optimizer):
         *,
         galore: bool = False,
         rank: int | float | Sequence[int | float | None] = 0.25,
-        update_proj_gap: int | None = 200,
-        scale: float = 1.0,
+        update_proj_gap: int | None = 50,
+        scale: float | Literal["auto"] = "auto",
         proj: Literal["tucker", "matrix"] = "tucker",
-        proj_modes: Sequence[int] | None = None,
+        proj_modes: Sequence[int] | Literal["auto"] | None = "auto",
         rollup: int = 1,
         solver: Literal["hosvd", "hooi", "tensorly"] = "hosvd",
         solver_iters: int = 1,
@@ -528,76 +312,53 @@ class TensorGaLoreAdamW(Optimizer):
         complex_norm: Literal["element", "component"] = "component",
         residual: Literal["none", "scaled"] = "none",
         residual_limit: float | None = 1.01,
+        sparse_ratio: float = 0.0,
+        sparse_type: Literal["topk", "randk"] = "topk",
+        composition: Literal["lowrank_first", "sparse_first"] = "lowrank_first",
+        sparse_scale: float = 1.0,
+        seed: int = 0,
+        moment_dtype: Literal["param", "bfloat16"] = "param",
+        moment_rounding: Literal["stochastic", "nearest"] = "stochastic",
     ) -> None:
+        # every argument but the parameters is a group option (``locals()`` first, before any other name exists)
+        defaults = {k: v for k, v in locals().items() if k not in ("self", "params", "__class__")}
         if isinstance(betas, list):
-            betas = tuple(betas)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            galore=galore,
-            rank=rank,
-            update_proj_gap=update_proj_gap,
-            scale=scale,
-            proj=proj,
-            proj_modes=tuple(proj_modes) if isinstance(proj_modes, list) else proj_modes,
-            rollup=rollup,
-            solver=solver,
-            solver_iters=solver_iters,
-            refresh_moments=refresh_moments,
-            nonfinite=nonfinite,
-            complex_norm=complex_norm,
-            residual=residual,
-            residual_limit=residual_limit,
-            refresh_pending=False,
-        )
-        _check_options(defaults)
+            defaults["betas"] = tuple(betas)
+        if isinstance(proj_modes, list):
+            defaults["proj_modes"] = tuple(proj_modes)
+        defaults.update(refresh_pending=False, layout_modes=None)
+        check_options(defaults)
+        self._policy_groups: set[int] = set()
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # options added after the first release get their defaults here
-            group.setdefault("refresh_pending", False)
-            group.setdefault("complex_norm", "element")  # state dicts saved before the option: their behaviour
-            group.setdefault("proj_modes", None)
-            group.setdefault("residual", "none")
-            group.setdefault("residual_limit", 1.01)
+        self.__dict__.setdefault("_policy_groups", set())
+        for i, group in enumerate(self.param_groups):  # options added after the first release
+            for key, value in _LEGACY.items():
+                group.setdefault(key, value)
+            check_group(group, i)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (filled from ``defaults``) after validating its options and its parameters' ranks."""
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
         try:
-            self._check_group(group, len(self.param_groups) - 1)
+            check_group(self.param_groups[-1], len(self.param_groups) - 1)
         except (TypeError, ValueError):
             self.param_groups.pop()
             raise
 
-    @staticmethod
-    def _check_group(group: dict[str, Any], group_idx: int, rank: object = None) -> None:
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        _check_options(group if rank is None else {**group, "rank": rank})
-        if not group["galore"]:
-            return
-        for i, p in enumerate(group["params"]):
-            try:
-                group_layout(p, group, rank)
-            except (TypeError, ValueError) as err:
-                raise type(err)(f"param_groups[{group_idx}] {_param_name(group, i)}: {err}") from None
-
     # -------------------------------------------------------------------------------- control (policy side)
 
-    def _groups(self, group_idx: int | None) -> list[dict[str, Any]]:
+    def _group_indices(self, group_idx: int | None) -> list[int]:
         if group_idx is None:
-            return list(self.param_groups)
-        if not tucker._is_int(group_idx) or not 0 <= group_idx < len(self.param_groups):
+            return list(range(len(self.param_groups)))
+        if not is_int(group_idx) or not 0 <= group_idx < len(self.param_groups):
             raise ValueError(
                 f"group_idx={group_idx!r} is invalid: use None (all groups) or an int in "
                 f"[0, {len(self.param_groups) - 1}]"
             )
-        return [self.param_groups[group_idx]]
+        return [int(group_idx)]
 
     def request_refresh(self, group_idx: int | None = None) -> None:
         """Refresh the subspaces of the projected parameters of one group (or all) at the next :meth:`step`.
@@ -605,20 +366,35 @@ class TensorGaLoreAdamW(Optimizer):
         Sets ``group["refresh_pending"] = True``; the next step that is not skipped refreshes and clears it.
         The automatic cadence restarts from that refresh.
         """
-        for group in self._groups(group_idx):
-            group["refresh_pending"] = True
+        for gi in self._group_indices(group_idx):
+            self.param_groups[gi]["refresh_pending"] = True
 
-    def set_rank(self, rank: int | float | Sequence[int | float | None], group_idx: int | None = None) -> None:
+    def set_rank(self, rank: RankSpec, group_idx: int | None = None) -> None:
         """Set ``group["rank"]`` of one group (or all); it applies at each parameter's next refresh.
 
         The spec is validated against every projected parameter first; nothing changes if it is invalid.
         Moments are carried into the new shape by ``refresh_moments``.
         """
-        groups = self._groups(group_idx)
-        for group in groups:
-            self._check_group(group, next(i for i, g in enumerate(self.param_groups) if g is group), rank=rank)
-        for group in groups:
-            group["rank"] = rank
+        indices = self._group_indices(group_idx)
+        for gi in indices:
+            check_group(self.param_groups[gi], gi, rank=rank)
+        for gi in indices:
+            self.param_groups[gi]["rank"] = rank
+
+    def attach_policy(self, group_idx: int | None = None) -> None:
+        """Hand the refresh cadence of one group (or all) to an outside policy: until :meth:`detach_policy`,
+        the group's ``update_proj_gap`` is not applied and its subspaces refresh only at a parameter's first step
+        and on :meth:`request_refresh`. Not saved in ``state_dict()``: an optimizer restored without the policy
+        refreshes at its own ``update_proj_gap`` again, counted from each parameter's last refresh."""
+        self._policy_groups.update(self._group_indices(group_idx))
+
+    def detach_policy(self, group_idx: int | None = None) -> None:
+        """Give one group (or all) its own cadence (``update_proj_gap``) back."""
+        self._policy_groups.difference_update(self._group_indices(group_idx))
+
+    def policy_attached(self, group_idx: int) -> bool:
+        """Whether an outside policy owns group ``group_idx``'s refresh cadence (see :meth:`attach_policy`)."""
+        return self._group_indices(group_idx)[0] in self._policy_groups
 
     # -------------------------------------------------------------------------------- read-only diagnostics
 
@@ -633,59 +409,12 @@ class TensorGaLoreAdamW(Optimizer):
         the Gram matrix the solver diagonalised that the kept rank covers; for the default sequential HOSVD the
         later modes' Gram matrices are of the already-truncated gradient), ``overlap`` (per mode, the mean
         squared cosine of the principal angles between the subspaces before and after the last refresh, 1 = no
-        drift; None before a second refresh), ``nonfinite_skips``, ``state_bytes``
-        and, with ``spectra=True``, ``spectra`` (those eigenvalues per mode, decreasing, lists of floats).
+        drift; None before a second refresh), ``nonfinite_skips``, ``state_bytes``, ``sparse_numel`` (kept
+        entries of the sparse part, 0 without one), ``sparse_energy`` (``||S||^2 / ||G||^2`` at the last
+        refresh, or None) and, with ``spectra=True``, ``spectra`` (those eigenvalues per mode, decreasing, lists
+        of floats).
         """
-        out = []
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                state = self.state.get(p, {})
-                keys = _factor_keys(state)
-                if not keys or "exp_avg_sq" not in state:
-                    continue
-                view_ndim = state["exp_avg_sq"].ndim  # real and core-shaped in every storage format
-                ranks: list[int | None] = [None] * view_ndim
-                view = list(state["exp_avg_sq"].shape)
-                for k, key in keys.items():
-                    view[k], ranks[k] = (int(n) for n in state[key].shape)
-                # one device-to-host read per parameter: energy, then (kept, total) per mode with a spectrum
-                spec = {k: state[f"spectrum_{k}"] for k in keys if f"spectrum_{k}" in state}
-                numbers = [state["energy"].float().reshape(1)]
-                if "overlap" in state:
-                    numbers.append(state["overlap"].float().to(numbers[0].device))
-                for k, s in spec.items():
-                    numbers.append(torch.stack([s[: ranks[k]].sum(), s.sum()]).to(numbers[0].device))
-                values = torch.cat(numbers).tolist()
-                energy, values = values[0], values[1:]
-                overlap: list[float | None] | None = None
-                if "overlap" in state:
-                    overlap = [None if r is None else x for x, r in zip(values[:view_ndim], ranks, strict=True)]
-                    values = values[view_ndim:]
-                mode_energy: list[float | None] = [None] * view_ndim
-                for i, k in enumerate(spec):
-                    kept, total = values[2 * i], values[2 * i + 1]
-                    mode_energy[k] = kept / total if total > 0 else 1.0
-                entry = {
-                    "group": gi,
-                    "index": pi,
-                    "name": _param_name(group, pi, plain=True),
-                    "shape": tuple(p.shape),
-                    "view_shape": tuple(view),
-                    "ranks": tuple(ranks),
-                    "core_numel": int(state["exp_avg_sq"].numel()),
-                    "step": int(state["step"]),
-                    "last_refresh": int(state["last_refresh"]),
-                    "refreshes": int(state["refreshes"]),
-                    "energy": energy,
-                    "overlap": None if overlap is None else tuple(overlap),
-                    "mode_energy": tuple(mode_energy),
-                    "nonfinite_skips": int(state["nonfinite_skips"]) if "nonfinite_skips" in state else 0,
-                    "state_bytes": _bytes(state),
-                }
-                if spectra:
-                    entry["spectra"] = [spec[k].tolist() if k in spec else None for k in range(view_ndim)]
-                out.append(entry)
-        return out
+        return diagnostics.subspace_stats(self, spectra)
 
     def captured_energy_now(self) -> list[dict[str, Any]]:
         """How much of each projected parameter's *current* gradient its current subspace captures.
@@ -694,26 +423,7 @@ class TensorGaLoreAdamW(Optimizer):
         all), for a lazy refresh policy; call it while gradients exist (e.g. before :meth:`step`). Entries:
         ``group``, ``index``, ``energy``; parameters without factors or gradients are left out.
         """
-        keys, energies = [], []
-        for gi, group in enumerate(self.param_groups):
-            if not group["galore"]:
-                continue
-            for pi, p in enumerate(group["params"]):
-                state = self.state.get(p, {})
-                layout = group_layout(p, group)
-                if p.grad is None or layout is None or "step" not in state:
-                    continue
-                factors = _factors_from_state(state, layout)
-                if factors is None:
-                    continue
-                g = p.grad.reshape(layout[0])
-                keys.append((gi, pi))
-                energies.append(tucker.captured_energy(tucker.project(g, factors), g))
-        if not energies:
-            return []
-        device = energies[0].device
-        values = torch.stack([e.to(device) for e in energies]).tolist()
-        return [{"group": gi, "index": pi, "energy": e} for (gi, pi), e in zip(keys, values, strict=True)]
+        return diagnostics.captured_energy_now(self)
 
     @torch.no_grad()
     def gradient_spectra(self, group_idx: int | None = None) -> list[dict[str, Any]]:
@@ -727,32 +437,15 @@ class TensorGaLoreAdamW(Optimizer):
         layout's current ranks, None for unprojected modes), ``spectra`` (per mode of the view: a float32
         ``(n_k,)`` tensor, decreasing, >= 0, or None for unprojected modes).
         """
-        out = []
-        for gi in range(len(self.param_groups)) if group_idx is None else [group_idx]:
-            group = self._groups(gi)[0]
-            if not group["galore"]:
-                continue
-            for pi, p in enumerate(group["params"]):
-                layout = group_layout(p, group)
-                if p.grad is None or layout is None:
-                    continue
-                view, ranks = layout
-                g = p.grad.reshape(view).to(tucker.solve_dtype(p.grad.dtype))
-                spectra = [
-                    None
-                    if r is None
-                    else torch.linalg.eigvalsh(tucker.mode_gram(g, k)).flip(-1).clamp_min(0).to(torch.float32)
-                    for k, r in enumerate(ranks)
-                ]
-                out.append({"group": gi, "index": pi, "view_shape": view, "ranks": ranks, "spectra": spectra})
-        return out
+        return diagnostics.gradient_spectra(self, self._group_indices(group_idx))
 
     def state_bytes(self) -> dict[str, Any]:
         """Exact bytes of optimizer state tensors: ``{"total": int, "groups": [int per param group]}``.
 
-        Compare with :func:`app.memory.adamw_state_bytes` (what ``torch.optim.AdamW`` would hold).
+        :func:`app.optim.schema.predict_state_bytes` predicts them; compare with
+        :func:`app.memory.adamw_state_bytes` (what ``torch.optim.AdamW`` would hold).
         """
-        groups = optimizer_state_bytes(self, per_group=True)
+        groups = tensor_state_bytes(self.state, self.param_groups)
         return {"total": sum(groups), "groups": groups}
 
     # -------------------------------------------------------------------------------- checkpointing
@@ -761,9 +454,9 @@ class TensorGaLoreAdamW(Optimizer):
         """Load like ``torch.optim.Optimizer`` but keep each state tensor's saved dtype.
 
         torch casts floating state to a real parameter's dtype and moves every entry to the parameter's device;
-        this optimizer's state has fixed dtypes (real second moments, int64 counters, float32 diagnostics) and
-        host-side counters, so each entry is restored from the saved value: host keys on the CPU, the rest on
-        the parameter's device.
+        this optimizer's state has fixed dtypes (real second moments, int64 counters, float32 diagnostics,
+        bfloat16 moments) and host-side counters, so each entry is restored from the saved value: host keys on
+        the CPU, the rest on the parameter's device.
         """
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
@@ -772,7 +465,7 @@ class TensorGaLoreAdamW(Optimizer):
         for pid, p in zip(saved_ids, params, strict=True):
             if pid in saved_state:
                 self.state[p] = {
-                    k: v.to(device="cpu" if k in _HOST_KEYS else p.device) if isinstance(v, Tensor) else v
+                    k: v.to(device="cpu" if k in HOST_KEYS else p.device) if isinstance(v, Tensor) else v
                     for k, v in saved_state[pid].items()
                 }
 
@@ -796,7 +489,8 @@ class TensorGaLoreAdamW(Optimizer):
 
     def _collect(self, group_idx: int, group: dict[str, Any]) -> list[_Work]:
         """Find the parameters to update, decide refreshes and project gradients; changes no state values."""
-        _check_options(group)
+        gap = None if group_idx in self._policy_groups else group["update_proj_gap"]
+        sparse_first = group["composition"] == "sparse_first"
         items = []
         for pi, p in enumerate(group["params"]):
             if p.grad is None:
@@ -810,24 +504,37 @@ class TensorGaLoreAdamW(Optimizer):
             item = _Work(group_idx, pi, p, p.grad.reshape(layout[0]), layout)
             state = self.state[p]
             _counters_to_host(state)
-            factors = _factors_from_state(state, layout) if "step" in state else None
-            gap = group["update_proj_gap"]
+            factors = factors_from_state(state, layout) if "step" in state else None
             item.refresh = (
                 factors is None
                 or group["refresh_pending"]
                 or (gap is not None and int(state["step"]) - int(state["last_refresh"]) >= gap)
             )
-            self._before_projection(item, state, group)
+            if sparse_first:
+                self._split_sparse_first(item, state, group)
             if not item.refresh:
                 item.core = tucker.project(item.grad, factors)
             items.append(item)
         return items
 
-    def _before_projection(self, item: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
-        """Hook for subclasses, called in :meth:`_collect` for each projected parameter once ``item.refresh`` is
-        decided and before ``item.grad`` is projected. It may replace ``item.grad`` by a new tensor (the low-rank
-        part is then fitted to it) and keep per-step data in ``item.extra``; it must not change ``state`` or
-        ``p.grad`` (the step may still be skipped). Does nothing here."""
+    def _split_sparse_first(self, item: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """``composition="sparse_first"``: take the sparse part from ``G`` and leave ``G - S`` to the subspace
+        (``item.grad`` becomes a new tensor; ``p.grad`` and the state are untouched: the step may be skipped)."""
+        if item.refresh:
+            k = sparse.sparse_count(group["sparse_ratio"], item.param.numel())
+            if k == 0:
+                return
+            step_idx = int(state["step"]) if "step" in state else 0
+            index = self._select(item.grad, k, group, self._position(item.group_idx, item.param_idx), step_idx)
+        elif "sparse_index" in state:
+            index = state["sparse_index"]
+        else:
+            return
+        values = sparse.gather(item.grad, index)
+        residual = item.grad.clone(memory_format=torch.contiguous_format)  # a new tensor: p.grad is untouched
+        residual.view(-1).index_add_(0, index, values, alpha=-1)  # G - S (inf/nan in S propagate to it)
+        item.sparse_index, item.sparse_values, item.sparse_total = index, values, tucker.norm_sq(item.grad)
+        item.grad = residual
 
     def _finite_or_skip(self, work: list[list[_Work]]) -> bool:
         """True if every gradient is finite. Else raise (``nonfinite="error"``) or count the skip and warn."""
@@ -867,11 +574,16 @@ class TensorGaLoreAdamW(Optimizer):
     def _describe(self, it: _Work) -> str:
         group = self.param_groups[it.group_idx]
         return (
-            f"param_groups[{it.group_idx}] {_param_name(group, it.param_idx)} "
+            f"param_groups[{it.group_idx}] {param_label(group.get('param_names'), it.param_idx)} "
             f"(shape {tuple(it.param.shape)}, {it.param.dtype})"
         )
 
     def _update_group(self, group: dict[str, Any], items: list[_Work]) -> None:
+        """Refreshes, the low-rank (or full-tensor) Adam update with decay, then the sparse part's update."""
+        bf16 = group["moment_dtype"] == "bfloat16"
+        if bf16:
+            for it in items:
+                decode_moments(it.param, self.state[it.param])
         params, grads, exp_avgs, exp_avg_sqs, factors, bias_steps = [], [], [], [], [], []
         residual_grads: list[Tensor | None] = []
         residual_norms: list[Tensor | None] = []
@@ -882,13 +594,15 @@ class TensorGaLoreAdamW(Optimizer):
             if "step" not in state:
                 state["step"] = torch.zeros((), dtype=torch.float32)
             if it.layout is None:
-                if "exp_avg" not in state or state["exp_avg"].shape != p.shape or _factor_keys(state):
-                    self._init_dense(p, state)
+                if "exp_avg" not in state or state["exp_avg"].shape != p.shape or factor_keys(state):
+                    _init_dense(p, state)
                 fs = None
             else:
                 if it.refresh:
-                    self._refresh(it, state, group)
-                fs = _factors_from_state(state, it.layout)
+                    it.core = refresh_subspace(
+                        state, it.grad, it.layout, p, group, it.grad_norm_sq, lambda it=it: self._describe(it)
+                    )
+                fs = factors_from_state(state, it.layout)
             state["step"] += 1
             step = float(state["step"])  # host tensor: no device sync
             params.append(p)
@@ -899,14 +613,19 @@ class TensorGaLoreAdamW(Optimizer):
             bias_steps.append(step - float(state["last_refresh"]) if (reset and fs is not None) else step)
             if residual and fs is not None:
                 if "residual_norm" not in state:
-                    state["residual_norm"] = torch.zeros((), dtype=_real_dtype(p.dtype), device=p.device)
+                    state["residual_norm"] = torch.zeros((), dtype=real_dtype(p.dtype), device=p.device)
                 residual_grads.append(it.grad)
                 residual_norms.append(state["residual_norm"])
             else:
                 residual_grads.append(None)
                 residual_norms.append(None)
+        scale = group["scale"]
+        scales = [
+            (1 / math.sqrt(kept_fraction(it.layout)) if scale == "auto" else scale) if it.layout else 1.0
+            for it in items
+        ]
+        hyper = AdamHyper.of(group)
         if params:
-            beta1, beta2 = group["betas"]
             tensor_galore_adamw(
                 params,
                 grads,
@@ -914,116 +633,112 @@ class TensorGaLoreAdamW(Optimizer):
                 exp_avg_sqs,
                 factors,
                 bias_steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                scale=group["scale"],
-                complex_norm=group["complex_norm"],
+                hyper=hyper,
+                scales=scales,
                 residual_grads=residual_grads if residual else None,
                 residual_norms=residual_norms if residual else None,
                 residual_limit=group["residual_limit"],
             )
+        self._update_sparse(group, items, hyper)
+        if bf16:
+            for it in items:
+                self._encode_moments(it, self.state[it.param], group)
 
-    @staticmethod
-    def _init_dense(p: Tensor, state: dict[str, Any]) -> None:
-        for key in [k for k in state if k != "step" and k != "nonfinite_skips"]:
-            del state[key]  # a parameter whose group switched from projected to full
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros(p.shape, dtype=_real_dtype(p.dtype), device=p.device)
+    # -------------------------------------------------------------------------------- the sparse part
 
-    def _solve(self, g: Tensor, ranks, old: list[Tensor | None] | None, group: dict[str, Any]):
-        solver = group["solver"]
-        if solver == "hosvd":
-            return tucker.hosvd(g, ranks)
-        if solver == "tensorly":
-            return tucker.tensorly_tucker(g, ranks, n_iter_max=group["solver_iters"])
-        same_ranks = old is not None and all(
-            (u is None and r is None) or (u is not None and r is not None and u.shape[1] == r)
-            for u, r in zip(old, ranks, strict=True)
-        )
-        start = old if same_ranks else tucker.hosvd(g, ranks).factors
-        return tucker.hooi(g, start, group["solver_iters"])
+    def _position(self, group_idx: int, param_idx: int) -> int:
+        """The parameter's position in the optimizer's parameter list, all groups flattened (the same on every
+        rank that builds the same groups)."""
+        return sum(len(g["params"]) for g in self.param_groups[:group_idx]) + param_idx
 
-    def _refresh(self, it: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
-        """New factors for ``it`` (or the old ones if the solver fails), moments carried over, core computed."""
-        view, ranks = it.layout
-        old = _factors_from_state(state, it.layout)
-        s = int(state["step"])
-        try:
-            core, new, spectra = self._solve(it.grad, ranks, old, group)
-            if not bool(torch.stack([torch.isfinite(u).all() for u in new if u is not None]).all()):  # 1 sync
-                raise torch.linalg.LinAlgError("the solver returned non-finite factors")
-        except torch.linalg.LinAlgError as err:
-            fallback = "keeping the previous factors" if old is not None else "using coordinate subspaces"
-            warnings.warn(
-                f"TensorGaLoreAdamW: subspace solver {group['solver']!r} failed for {self._describe(it)} at step "
-                f"{s} ({err}); {fallback} until the next refresh",
-                RuntimeWarning,
-                stacklevel=4,
+    def _select(self, x: Tensor, k: int, group: dict[str, Any], position: int, step_idx: int) -> Tensor:
+        if group["sparse_type"] == "topk":
+            return sparse.topk_indices(x, k)
+        seed = sparse.mix_seed(group["seed"], step_idx, position, _SALT_SELECT)
+        return sparse.randk_indices(x.numel(), k, seed, x.device)
+
+    def _sparse_part(self, it: _Work, state: dict[str, Any], group: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+        """``(index, values)`` of this step's sparse part (after the low-rank update of ``it``), or None."""
+        if it.sparse_index is not None:  # sparse_first: chosen in _collect
+            return it.sparse_index, it.sparse_values
+        if group["composition"] != "lowrank_first" or not (it.refresh or "sparse_index" in state):
+            return None
+        k = sparse.sparse_count(group["sparse_ratio"], it.param.numel())
+        if it.refresh and k == 0:
+            return None
+        factors = factors_from_state(state, it.layout)
+        if not it.refresh:  # the residual at the kept positions only
+            index = state["sparse_index"]
+            return index, sparse.gather(it.grad, index) - sparse.gather_project_back(it.core, factors, index)
+        residual = it.grad - tucker.project_back(it.core, factors)
+        step_idx = int(state["step"]) - 1
+        index = self._select(residual, k, group, self._position(it.group_idx, it.param_idx), step_idx)
+        return index, sparse.gather(residual, index)
+
+    def _update_sparse(self, group: dict[str, Any], items: list[_Work], hyper: AdamHyper) -> None:
+        params, values, indices, exp_avgs, exp_avg_sqs, bias_steps = [], [], [], [], [], []
+        reset = group["refresh_moments"] == "reset"
+        for it in items:
+            state = self.state[it.param]
+            if it.layout is None:
+                continue
+            part = self._sparse_part(it, state, group)
+            if it.refresh:
+                if part is None:
+                    for key in [k for k in SPARSE_KEYS if k in state]:
+                        del state[key]
+                    continue
+                _refresh_sparse(it, state, part, reset)
+            elif part is None:
+                continue
+            index, vals = part
+            params.append(it.param)
+            values.append(vals)
+            indices.append(index)
+            exp_avgs.append(state["sparse_exp_avg"])
+            exp_avg_sqs.append(state["sparse_exp_avg_sq"])
+            step = float(state["step"])
+            bias_steps.append(step - float(state["last_refresh"]) if reset else step)
+        if params:
+            sparse_adamw(
+                params, values, indices, exp_avgs, exp_avg_sqs, bias_steps, hyper=hyper, scale=group["sparse_scale"]
             )
-            new = (
-                old
-                if old is not None
-                else [
-                    None if r is None else torch.eye(n, r, dtype=it.grad.dtype, device=it.grad.device)
-                    for n, r in zip(view, ranks, strict=True)
-                ]
-            )
-            spectra, core = None, tucker.project(it.grad, new)
-        core_shape = [n if u is None else u.shape[1] for n, u in zip(view, new, strict=True)]
-        real = _real_dtype(it.param.dtype)
-        old_core = None if old is None else [n if u is None else u.shape[1] for n, u in zip(view, old, strict=True)]
-        if old is not None and "exp_avg" in state and list(state["exp_avg"].shape) == old_core:
-            exp_avg, exp_avg_sq = _transfer_moments(
-                state["exp_avg"], state["exp_avg_sq"], old, new, group["refresh_moments"]
-            )
-        else:
-            exp_avg = torch.zeros(core_shape, dtype=it.param.dtype, device=it.param.device)
-            exp_avg_sq = torch.zeros(core_shape, dtype=real, device=it.param.device)
-        stale = ("factor_",) if spectra is None else ("factor_", "spectrum_")
-        for key in [k for k in state if k.startswith(stale)]:
-            del state[key]
-        state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
-        for k, u in enumerate(new):
-            if u is not None:
-                state[f"factor_{k}"] = u
-        if spectra is not None:
-            for k, sp in enumerate(spectra):
-                if sp is not None:
-                    state[f"spectrum_{k}"] = sp
-        if old is not None:  # mean squared cosine of the principal angles between old and new subspaces
-            state["overlap"] = torch.stack(
-                [
-                    torch.ones((), device=it.param.device)  # an unprojected mode spans the full space
-                    if u is None
-                    else tucker.norm_sq(u.mH @ v) / min(u.shape[1], v.shape[1])
-                    for u, v in zip(new, old, strict=True)
-                ]
-            )
-        it.core = core
-        state["energy"] = tucker.captured_energy(core, it.grad, it.grad_norm_sq)
-        state["last_refresh"] = torch.tensor(s, dtype=torch.int64)
-        state["refreshes"] = state.get("refreshes", torch.zeros((), dtype=torch.int64)) + 1
-        logger.debug("refreshed %s at step %d: core %s", self._describe(it), s, tuple(core_shape))
+
+    def _encode_moments(self, it: _Work, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Round every moment of ``it``'s parameter to bfloat16 (after the step's update)."""
+        p = it.param
+        gen = None
+        if group["moment_rounding"] == "stochastic":
+            step_idx = int(state["step"]) - 1
+            seed = sparse.mix_seed(group["seed"], step_idx, self._position(it.group_idx, it.param_idx), _SALT_ROUND)
+            gen = torch.Generator(device=p.device).manual_seed(seed)
+        for key in FIRST_MOMENTS + SECOND_MOMENTS:
+            v = state.get(key)
+            if v is not None and v.dtype != torch.bfloat16:
+                state[key] = sparse.to_bfloat16(v, gen)
 
 
-def _counters_to_host(state: dict[str, Any]) -> None:
-    """Bring host-side counters back to the CPU if something moved them (Lightning's ``_optimizer_to_device``
-    moves every state entry but ``step``); one copy after such a move, none otherwise."""
-    for key in _HOST_KEYS:
-        v = state.get(key)
-        if v is not None and v.device.type != "cpu":
-            state[key] = v.cpu()
+def _init_dense(p: Tensor, state: dict[str, Any]) -> None:
+    for key in [k for k in state if k != "step" and k != "nonfinite_skips"]:
+        del state[key]  # a parameter whose group switched from projected to full
+    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros(p.shape, dtype=real_dtype(p.dtype), device=p.device)
 
 
-def _param_name(group: dict[str, Any], idx: int, plain: bool = False) -> str | None:
-    names = group.get("param_names")
-    if plain:
-        return names[idx] if names else None
-    return f"params[{idx}]" + (f" ({names[idx]!r})" if names else "")
-
-
-def _bytes(state: dict[str, Any]) -> int:
-    return sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, Tensor))
+def _refresh_sparse(it: _Work, state: dict[str, Any], part: tuple[Tensor, Tensor], reset: bool) -> None:
+    """New positions: moments zeroed or carried over, ``sparse_energy`` recorded (no host sync)."""
+    index, values = part
+    p = it.param
+    if "sparse_index" in state and "sparse_exp_avg" in state and not reset:
+        old = state["sparse_index"]
+        exp_avg = sparse.carry_over(state["sparse_exp_avg"], old, index)
+        exp_avg_sq = sparse.carry_over(state["sparse_exp_avg_sq"], old, index)
+    else:
+        exp_avg = torch.zeros(index.numel(), dtype=p.dtype, device=p.device)
+        exp_avg_sq = torch.zeros(index.numel(), dtype=real_dtype(p.dtype), device=p.device)
+    total = it.sparse_total  # sparse_first: ||G||^2 (it.grad is G - S there)
+    if total is None:
+        total = it.grad_norm_sq if it.grad_norm_sq is not None else tucker.norm_sq(it.grad)
+    state["sparse_index"] = index
+    state["sparse_exp_avg"], state["sparse_exp_avg_sq"] = exp_avg, exp_avg_sq
+    state["sparse_energy"] = tucker.captured_energy(values, values, total.to(values.device))

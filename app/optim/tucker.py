@@ -1,4 +1,5 @@
-"""Tucker subspaces of a gradient: pure functions, plain PyTorch (tensorly only for the reference solver).
+"""Tucker decompositions and projections of a gradient: pure functions, plain PyTorch (tensorly only for the
+reference solver). Which modes are projected and at which ranks is :mod:`app.optim.layout`'s job.
 
 Conventions used throughout ``app.optim``:
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -26,13 +26,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "RankSpec",
     "TuckerResult",
     "add_project_back_",
     "norm_sq",
-    "check_rank_spec",
-    "resolve_ranks",
-    "projected_modes",
     "mode_gram",
     "mode_dot",
     "multi_mode_dot",
@@ -43,12 +39,10 @@ __all__ = [
     "tensorly_tucker",
     "captured_energy",
     "abs_sq",
+    "rms_divisor",
     "solve_dtype",
+    "product_order",
 ]
-
-RankSpec = int | float | Sequence[int | float | None]
-"""A rank: int (per mode), float in (0, 1] (fraction of elements), or a per-mode sequence of ints/fractions
-(``None``: the mode is not projected)."""
 
 
 class TuckerResult(NamedTuple):
@@ -60,171 +54,6 @@ class TuckerResult(NamedTuple):
     core: Tensor
     factors: list[Tensor | None]
     spectra: list[Tensor | None]
-
-
-# ----------------------------------------------------------------------------------------------- ranks
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_float(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, numbers.Integral))
-
-
-def _check_scalar_rank(r: object, what: str) -> None:
-    if _is_int(r):
-        if r < 1:
-            raise ValueError(
-                f"{what}={r!r} is invalid: an int rank must be >= 1 (e.g. 8); use a float in (0, 1] for a fraction"
-            )
-    elif _is_float(r):
-        if not (0.0 < r <= 1.0):  # also rejects nan
-            raise ValueError(
-                f"{what}={r!r} is invalid: a float rank is a fraction and must be in (0, 1] "
-                "(e.g. 0.25); use an int for an absolute rank"
-            )
-    else:
-        raise TypeError(
-            f"{what}={r!r} has type {type(r).__name__}; expected an int, a float in (0, 1] or a sequence of them"
-        )
-
-
-def check_rank_spec(spec: object, name: str = "rank") -> None:
-    """Validate a rank spec without a shape (raises ``TypeError``/``ValueError`` naming the value and the fix)."""
-    if isinstance(spec, (str, bytes)) or isinstance(spec, Tensor):
-        raise TypeError(
-            f"{name}={spec!r} has type {type(spec).__name__}; expected an int, a float in (0, 1] or a sequence of them"
-        )
-    if isinstance(spec, Sequence):
-        if len(spec) == 0:
-            raise ValueError(f"{name}={spec!r} is empty; give one rank per mode, e.g. [32, 32, 16, 9]")
-        if all(r is None for r in spec):
-            raise ValueError(
-                f"{name}={list(spec)!r} projects no mode; give at least one mode a rank, e.g. [8, 8, None, None]"
-            )
-        for i, r in enumerate(spec):
-            if r is not None:
-                _check_scalar_rank(r, f"{name}[{i}]")
-    else:
-        _check_scalar_rank(spec, name)
-
-
-@functools.lru_cache(maxsize=1024)
-def _fraction_ranks(f: float, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per-mode ranks whose product is the nearest to ``f * prod(shape)``, spread evenly over the modes.
-
-    Start from rank 1 everywhere and repeatedly add 1 to the least-kept mode (smallest ``r_n / n``; ties: the
-    earlier mode) among those whose increment keeps the product within ``f * prod(shape)``, until none fits.
-    Then one more +1, on the mode whose increment overshoots least, is taken if it lands nearer the target than
-    the product already is (ties stay below). So the core keeps the achievable fraction nearest ``f``, evenly
-    spread; the floor of 1 per mode can exceed it for tiny ``f``. Cached: it runs at every step.
-    """
-    ranks = [1] * len(shape)
-    target = f * math.prod(shape)
-    budget = target * (1 + 1e-12)
-    product = 1
-    while True:
-        growable = [k for k, (r, n) in enumerate(zip(ranks, shape, strict=True)) if r < n]
-        fits = [k for k in growable if product // ranks[k] * (ranks[k] + 1) <= budget]
-        if not fits:
-            break
-        k = min(fits, key=lambda i: (ranks[i] / shape[i], i))
-        product = product // ranks[k] * (ranks[k] + 1)
-        ranks[k] += 1
-    if growable:
-        k = min(growable, key=lambda i: (product // ranks[i] * (ranks[i] + 1), ranks[i] / shape[i], i))
-        over = product // ranks[k] * (ranks[k] + 1)
-        if over - target < target - product:
-            ranks[k] += 1
-    return tuple(ranks)
-
-
-def scalar_rank(r: int | float, n: int) -> int:
-    """The rank an int or fraction ``r`` gives a mode (or matrix side) of size ``n``: ``min(r, n)`` for an int,
-    ``clamp(floor(n * r + 0.5), 1, n)`` (round half up) for a float in (0, 1]."""
-    return min(int(r), n) if _is_int(r) else min(max(_round_half_up(n * float(r)), 1), n)
-
-
-def check_modes(modes: object, name: str = "proj_modes") -> None:
-    """Validate a projected-modes spec without a shape: ``None`` (every mode) or distinct ints (negative ones
-    count from the end)."""
-    if modes is None:
-        return
-    if isinstance(modes, (str, bytes, Tensor)) or not isinstance(modes, Sequence):
-        raise TypeError(f"{name}={modes!r} is invalid: use None (every mode) or a list of mode indices, e.g. [0, 1]")
-    if len(modes) == 0 or not all(_is_int(k) for k in modes):
-        raise ValueError(f"{name}={modes!r} is invalid: use a non-empty list of mode indices (ints), e.g. [0, 1]")
-
-
-def projected_modes(modes: Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    """The sorted, non-negative projected modes of an ``ndim``-mode tensor (all for ``None``); raises
-    ``ValueError`` for an index out of range or a mode listed twice."""
-    if modes is None:
-        return tuple(range(ndim))
-    check_modes(modes)
-    out = []
-    for k in modes:
-        if not -ndim <= k < ndim:
-            raise ValueError(f"proj_modes={list(modes)!r}: mode {k} does not exist in a {ndim}-mode tensor")
-        out.append(int(k) % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(f"proj_modes={list(modes)!r} lists a mode twice (for a {ndim}-mode tensor)")
-    return tuple(sorted(out))
-
-
-def resolve_ranks(spec: RankSpec, shape: Sequence[int], modes: Sequence[int] | None = None) -> tuple[int | None, ...]:
-    """Per-mode Tucker ranks for a tensor of ``shape`` (``None`` for a mode that is not projected).
-
-    ``modes``: the modes that may be projected (default: all; see :func:`projected_modes`); the others get
-    ``None`` and are kept whole and unrotated, and a float rank is then reached on the projected modes alone.
-
-    * ``float f`` in (0, 1]: the core keeps the fraction of the elements nearest ``f`` that evenly spread ranks
-      reach (:func:`_fraction_ranks`: from rank 1, +1 on the least-kept mode, ``r_n / n``, while the product
-      stays within ``f``, then possibly one step over it if that lands nearer; at least 1 per mode, so size-1
-      modes keep 1). Examples at 0.25: ``(64, 64, 32, 17)`` gives ``(47, 45, 22, 12)`` (25.1% of the elements),
-      ``(16, 16, 8, 5)`` gives ``(12, 11, 5, 4)`` (25.8%; the next lower choice, ``(11, 11, 5, 4)``, is 23.6%).
-    * ``int r`` >= 1: ``min(r, n)`` for every mode.
-    * sequence (one entry per mode): an int entry is ``min(r, n)``; a float entry ``f`` in (0, 1] is
-      ``clamp(floor(n * f + 0.5), 1, n)`` (round half up); ``None`` leaves the mode unprojected. Entries of
-      modes outside ``modes`` are ignored (``None``).
-
-    Raises ``TypeError``/``ValueError`` for anything else (bools, floats outside (0, 1], ints < 1, a sequence
-    whose length is not ``len(shape)``, a sequence that projects none of ``modes``).
-    """
-    check_rank_spec(spec)
-    shape = tuple(int(n) for n in shape)
-    keep = projected_modes(modes, len(shape))
-    if isinstance(spec, Sequence):
-        if len(spec) != len(shape):
-            raise ValueError(
-                f"rank={list(spec)!r} has {len(spec)} entries but the tensor has {len(shape)} modes "
-                f"(shape {shape}); give one rank per mode or a single int/float"
-            )
-        out = tuple(
-            None if r is None or k not in keep else scalar_rank(r, n)
-            for k, (r, n) in enumerate(zip(spec, shape, strict=True))
-        )
-        if all(r is None for r in out):
-            raise ValueError(
-                f"rank={list(spec)!r} with proj_modes={list(keep)!r} projects no mode of shape {shape}; "
-                "give a projected mode a rank"
-            )
-        return out
-    if _is_int(spec):
-        return tuple(min(int(spec), n) if k in keep else None for k, n in enumerate(shape))
-    sub = _fraction_ranks(float(spec), tuple(shape[k] for k in keep))
-    if len(keep) == len(shape):
-        return sub
-    out: list[int | None] = [None] * len(shape)
-    for k, r in zip(keep, sub, strict=True):
-        out[k] = r
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------- maths
@@ -291,7 +120,7 @@ def mode_dot(t: Tensor, m: Tensor, mode: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=1024)
-def _product_order(shape: tuple[int, ...], outs: tuple[int | None, ...]) -> tuple[int, ...]:
+def product_order(shape: tuple[int, ...], outs: tuple[int | None, ...]) -> tuple[int, ...]:
     """Order of mode products minimising multiply-adds (exhaustive; tensors have at most a handful of modes).
 
     A product on mode k of a tensor with S elements costs ``S * out_k`` and leaves ``S * out_k / n_k`` elements,
@@ -316,7 +145,7 @@ def multi_mode_dot(t: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
     if len(mats) != t.ndim:
         raise ValueError(f"{len(mats)} matrices for a {t.ndim}-mode tensor of shape {tuple(t.shape)}")
     outs = tuple(None if m is None else int(m.shape[0]) for m in mats)
-    for k in _product_order(tuple(t.shape), outs):
+    for k in product_order(tuple(t.shape), outs):
         t = mode_dot(t, mats[k], k)
     return t
 
@@ -341,7 +170,7 @@ def add_project_back_(
     """
     mats = list(factors)
     outs = tuple(None if m is None else int(m.shape[0]) for m in mats)
-    order = _product_order(tuple(core.shape), outs)
+    order = product_order(tuple(core.shape), outs)
     if not order:
         return target.mul_(beta).add_(core, alpha=alpha)
     if not target.is_contiguous():
@@ -430,7 +259,7 @@ def hosvd(g: Tensor, ranks: Sequence[int | None], *, sequential: bool = True) ->
     factors: list[Tensor | None] = [None] * g.ndim
     spectra: list[Tensor | None] = [None] * g.ndim
     y = x
-    for k in _product_order(tuple(g.shape), tuple(ranks)):
+    for k in product_order(tuple(g.shape), tuple(ranks)):
         u, spectra[k] = _top_eigvecs(mode_gram(y if sequential else x, k), ranks[k])
         if sequential:
             y = mode_dot(y, u.mH, k)

@@ -12,7 +12,9 @@ import torch
 
 from app.optim import TensorGaLoreAdamW, tucker
 from callbacks.schedules import RankSchedule
-from callbacks.subspace import LayerSpectra, SubspaceScheduler, allocate_ranks, energy_rank, layer_state_bytes
+from callbacks.subspace import LayerSpectra, SubspaceScheduler, allocate_ranks, energy_rank
+
+_OPTIONS = dict(moment_dtype="param", residual="none", sparse_ratio=0.0)  # what the state schema reads
 
 
 def _orthonormal(n: int, r: int, g: torch.Generator) -> torch.Tensor:
@@ -118,7 +120,8 @@ def test_callback_owns_the_cadence_fixed_gap():
     drive = _Driver(SubspaceScheduler(refresh="fixed", gap=5), opt)
     for _ in range(11):
         drive.step({p: torch.randn_like(p)})
-    assert opt.param_groups[0]["update_proj_gap"] is None
+    assert opt.param_groups[0]["update_proj_gap"] == 2  # the group's own option is left as configured
+    assert opt.policy_attached(0)  # the callback's control: not saved in the state dict
     assert _refreshes(opt) == [3]  # steps 0, 5, 10, not the optimizer's own gap of 2
 
 
@@ -259,20 +262,23 @@ def test_energy_rank_and_greedy_allocation_on_known_spectra():
     assert energy_rank([5.0, 3.0, 1.0, 1.0], epsilon=0.0) == 4
     assert energy_rank([0.0, 0.0], epsilon=0.1) == 1
     # two matrix-like layers (one projected mode each): the budget buys the larger eigenvalue shares first
-    a = LayerSpectra((4, 10), [[8.0, 0.8, 0.8, 0.4], None], [4, None], itemsize=8, real_itemsize=4)
-    b = LayerSpectra((4, 10), [[4.0, 3.0, 2.0, 1.0], None], [4, None], itemsize=8, real_itemsize=4)
-    per_rank = layer_state_bytes((4, 10), (1, None), 8, 4)  # 10*12 + 4*8 = 152 bytes per unit of rank
+    a = LayerSpectra((4, 10), [[8.0, 0.8, 0.8, 0.4], None], [4, None], torch.complex64, _OPTIONS)
+    b = LayerSpectra((4, 10), [[4.0, 3.0, 2.0, 1.0], None], [4, None], torch.complex64, _OPTIONS)
+    per_rank = a.bytes([2, None]) - a.bytes([1, None])  # 10*12 + 4*8 = 152 bytes per unit of rank
     assert per_rank == 152
+    # the rest does not depend on the rank: step, energy, spectrum, overlap (float32), counters (int64)
+    fixed = a.bytes([1, None]) - per_rank
+    assert fixed == 4 + 4 + 4 * 4 + 4 * 2 + 8 * 3
     assert allocate_ranks([a, b], epsilon=0.05) == ([[3, None], [4, None]], True)  # a discards 4%, b nothing
-    ranks, fits = allocate_ranks([a, b], epsilon=0.05, budget=5 * per_rank)
+    ranks, fits = allocate_ranks([a, b], epsilon=0.05, budget=2 * fixed + 5 * per_rank)
     assert fits and ranks == [[1, None], [4, None]]  # b's shares 30%, 20%, 10% beat a's 8%
-    assert allocate_ranks([a, b], epsilon=0.05, budget=per_rank) == ([[1, None], [1, None]], False)
+    assert allocate_ranks([a, b], epsilon=0.05, budget=2 * fixed + per_rank) == ([[1, None], [1, None]], False)
 
 
 def test_each_layer_discards_the_same_share_in_every_mode_under_a_budget():
     # mode 0 and mode 1 alike: an allocation never keeps one mode at rank 1 while the other grows
     flat = [0.4, 0.3, 0.2, 0.1]
-    layer = LayerSpectra((4, 4, 4), [flat, flat, flat], [4, 4, 4], itemsize=8, real_itemsize=4)
+    layer = LayerSpectra((4, 4, 4), [flat, flat, flat], [4, 4, 4], torch.complex64, _OPTIONS)
     for budget in range(layer.bytes([1, 1, 1]), layer.bytes([4, 4, 4]), 97):
         (ranks,), fits = allocate_ranks([layer], epsilon=0.0, budget=budget)
         assert fits and max(ranks) == min(ranks) and layer.bytes(ranks) <= budget

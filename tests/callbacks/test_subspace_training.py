@@ -30,7 +30,9 @@ EPOCHS, SPLIT = 6, 4
 def _module() -> OperatorModule:
     torch.manual_seed(0)
     fno = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
-    return OperatorModule(fno, optimizer=lambda groups: TensorGaLoreAdamW(groups, lr=1e-2, rank=0.5))
+    return OperatorModule(
+        fno, optimizer=lambda groups: TensorGaLoreAdamW(groups, lr=1e-2, rank=0.5, proj_modes=None)
+    )  # every mode
 
 
 def _scheduler() -> SubspaceScheduler:
@@ -181,3 +183,35 @@ def test_fused_updates_are_refused_with_the_fix_named():
     module.fused_update, module.automatic_optimization = True, False
     with pytest.raises(ValueError, match="fused_update=false"):
         _trainer(1, [_scheduler()]).fit(module, datamodule=_TinyData())
+
+
+class _RefreshRecorder(Callback):
+    """Per optimizer step: the last refresh step of every projected parameter."""
+
+    def __init__(self):
+        self.last_refresh: list[set[int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last_refresh.append({s["last_refresh"] for s in trainer.optimizers[0].subspace_stats()})
+
+
+def test_a_run_trained_with_the_callback_and_resumed_without_it_refreshes_at_the_configured_gap(tmp_path):
+    """The callback's control is not persisted: the checkpoint keeps the group's own update_proj_gap."""
+
+    def module():
+        torch.manual_seed(0)
+        fno = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
+        return OperatorModule(fno, optimizer=lambda g: TensorGaLoreAdamW(g, lr=1e-2, rank=0.5, update_proj_gap=5))
+
+    first = _trainer(SPLIT, [_scheduler(), ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    first.fit(module(), datamodule=_TinyData())  # steps 0-7; the callback refreshes at 0, 3 and 6
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    galore = [g for g in ckpt["optimizer_states"][0]["param_groups"] if g["galore"]]
+    assert galore and all(g["update_proj_gap"] == 5 for g in galore)
+
+    recorder = _RefreshRecorder()
+    second = _trainer(EPOCHS + 4, [recorder])  # no callback: steps 8-19
+    second.fit(module(), datamodule=_TinyData(), ckpt_path=tmp_path / "last.ckpt")
+    assert not second.optimizers[0].policy_attached(0)
+    # the optimizer's own gap of 5, counted from the callback's last refresh at step 6: steps 11 and 16
+    assert [last for (last,) in map(tuple, recorder.last_refresh)] == [6] * 3 + [11] * 5 + [16] * 4

@@ -1,4 +1,5 @@
-"""bfloat16 optimizer state (``TensorGRaDAdamW(moment_dtype="bfloat16")``): storage, rounding, float32 update."""
+"""bfloat16 optimizer state (``moment_dtype="bfloat16"``, with or without a sparse part): storage, rounding,
+float32 update."""
 
 from __future__ import annotations
 
@@ -9,17 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from app.optim import TensorGRaDAdamW, sparse
-from app.optim.tensorgrad import _decode_moments
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _grads(shape, n, dtype=torch.complex64, seed=1):
-    g = _gen(seed)
-    return [torch.randn(shape, dtype=dtype, generator=g) for _ in range(n)]
+from app.optim import TensorGaLoreAdamW, TensorGRaDAdamW, sparse
+from app.optim.tensor_galore import decode_moments
+from tests.optim.helpers import gen as _gen
+from tests.optim.helpers import grads as _grads
+from tests.optim.helpers import spectral_least_squares, train
 
 
 def test_complex_moments_are_stored_as_bfloat16_real_and_imaginary_parts():
@@ -90,7 +85,7 @@ def test_the_update_is_computed_in_float32_from_the_stored_bfloat16_moments():
     full = make(q, "param")
     full.load_state_dict(copy.deepcopy(low.state_dict()))  # no tensor shared with `low`
     full.param_groups[0]["moment_dtype"] = "param"  # the loaded groups say bfloat16; a group key switches it
-    _decode_moments(q, full.state[q])
+    decode_moments(q, full.state[q])
     assert full.state[q]["exp_avg"].dtype == torch.complex64
     p.grad, q.grad = grads[3].clone(), grads[3].clone()
     low.step()
@@ -115,23 +110,20 @@ def test_load_state_dict_keeps_bfloat16_moments_of_real_parameters():
     assert other.state[q]["step"].dtype == torch.float32
 
 
-def test_bfloat16_state_converges_on_a_complex_least_squares_problem_like_float32():
-    torch.manual_seed(0)
-    shape = (8, 8, 4, 3)
-    w_true = torch.randn(shape, dtype=torch.complex64)
-    x = torch.randn(64, 8, 4, 3, dtype=torch.complex64)
-    y = torch.einsum("bikl,iokl->bokl", x, w_true)
+@pytest.mark.parametrize(
+    "cls, kw",
+    [(TensorGRaDAdamW, dict(sparse_ratio=0.05)), (TensorGaLoreAdamW, {})],
+    ids=["tensorgrad", "tensor_galore"],
+)
+def test_bfloat16_state_converges_on_a_complex_least_squares_problem_like_float32(cls, kw):
+    """bfloat16 moments with stochastic rounding, with and without a sparse part (plain Tensor-GaLore)."""
     final = {}
     for moment_dtype in ("param", "bfloat16"):
-        w = nn.Parameter(torch.zeros(shape, dtype=torch.complex64))
-        opt = TensorGRaDAdamW(
-            [w], lr=0.05, galore=True, rank=0.5, sparse_ratio=0.05, update_proj_gap=20, moment_dtype=moment_dtype
-        )
-        for _ in range(150):
-            loss = (torch.einsum("bikl,iokl->bokl", x, w) - y).abs().square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        w_true, loss_fn = spectral_least_squares((8, 8, 4, 3))
+        w = nn.Parameter(torch.zeros_like(w_true))
+        opt = cls([w], lr=0.05, galore=True, rank=0.5, update_proj_gap=20, moment_dtype=moment_dtype, **kw)
+        train(opt, w, loss_fn, 150)
         final[moment_dtype] = float((w.detach() - w_true).norm() / w_true.norm())
+        assert (opt.state[w]["exp_avg"].dtype == torch.bfloat16) == (moment_dtype == "bfloat16")
     assert final["param"] < 0.3
     assert final["bfloat16"] < 1.5 * final["param"] + 0.02

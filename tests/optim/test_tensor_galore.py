@@ -14,28 +14,12 @@ import torch
 from torch import nn
 
 from app.memory import adamw_state_bytes
-from app.optim import NonFiniteGradientError, TensorGaLoreAdamW, tucker
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _param(shape, dtype=torch.complex64, seed=0):
-    return nn.Parameter(torch.randn(shape, dtype=dtype, generator=_gen(seed)))
-
-
-def _grads(shape, n, dtype=torch.complex64, seed=1):
-    g = _gen(seed)
-    return [torch.randn(shape, dtype=dtype, generator=g) for _ in range(n)]
-
-
-def _run(opt, params, grads_per_param):
-    for step_grads in zip(*grads_per_param, strict=True):
-        for p, g in zip(params, step_grads, strict=True):
-            p.grad = g.clone()
-        opt.step()
-
+from app.optim import NonFiniteGradientError, TensorGaLoreAdamW, layout, tucker
+from tests.optim.helpers import gen as _gen
+from tests.optim.helpers import grads as _grads
+from tests.optim.helpers import param as _param
+from tests.optim.helpers import reference_optimizer, spectral_least_squares, train
+from tests.optim.helpers import run as _run
 
 # ------------------------------------------------------------------------------------ exactness
 
@@ -61,22 +45,6 @@ def _algorithm_1(w0, grads, factors, *, lr, b1, b2, eps, wd, scale, c=1.0):
     return w
 
 
-def _reference_optimizer(p, hp, **options):
-    """A single-parameter projected TensorGaLoreAdamW with the hyperparameters ``hp`` of the reference
-    implementations (``lr, b1, b2, eps, wd, scale``), one subspace for the whole run, and ``options``."""
-    return TensorGaLoreAdamW(
-        [p],
-        lr=hp["lr"],
-        betas=(hp["b1"], hp["b2"]),
-        eps=hp["eps"],
-        weight_decay=hp["wd"],
-        galore=True,
-        scale=hp["scale"],
-        update_proj_gap=None,
-        **options,
-    )
-
-
 @pytest.mark.parametrize("complex_norm", ["element", "component"])
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
 def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
@@ -85,7 +53,7 @@ def test_matches_an_independent_float64_algorithm_1(dtype, complex_norm):
     w0 = p.detach().numpy().copy()
     grads = _grads(shape, n_steps, dtype)
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=0.5)
-    opt = _reference_optimizer(p, hp, rank=0.3, complex_norm=complex_norm)
+    opt = reference_optimizer(TensorGaLoreAdamW, p, hp, rank=0.3, complex_norm=complex_norm)
     _run(opt, [p], [grads])
     state = opt.state[p]
     assert int(state["refreshes"]) == 1
@@ -126,7 +94,7 @@ def test_residual_step_matches_an_independent_float64_reference(dtype, limit):
     # growing gradients, so that the limiter acts on most steps
     grads = [torch.randn(shape, dtype=dtype, generator=g) * (1 + 0.5 * t) for t in range(n_steps)]
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
-    opt = _reference_optimizer(p, hp, rank=0.3, residual="scaled", residual_limit=limit)
+    opt = reference_optimizer(TensorGaLoreAdamW, p, hp, rank=0.3, residual="scaled", residual_limit=limit)
     _run(opt, [p], [grads])
     state = opt.state[p]
     factors = [state[f"factor_{k}"].numpy() for k in range(4)]
@@ -195,7 +163,7 @@ def test_projected_modes_leave_the_other_modes_whole_and_unrotated(dtype):
     w0 = p.detach().numpy().copy()
     grads = _grads(shape, n_steps, dtype)
     hp = dict(lr=3e-2, b1=0.8, b2=0.95, eps=1e-6, wd=0.1, scale=2.0)
-    opt = _reference_optimizer(p, hp, rank=0.25, proj_modes=[0, 1])
+    opt = reference_optimizer(TensorGaLoreAdamW, p, hp, rank=0.25, proj_modes=[0, 1])
     _run(opt, [p], [grads])
     state = opt.state[p]
     assert sorted(k for k in state if k.startswith("factor_")) == ["factor_0", "factor_1"]
@@ -355,7 +323,7 @@ def test_state_holds_core_shaped_moments_and_plain_tensors():
     p.grad = _grads(p.shape, 1)[0]
     opt.step()
     state = opt.state[p]
-    core = tucker.resolve_ranks(0.25, p.shape)
+    core = layout.resolve_ranks(0.25, p.shape)
     assert core == (6, 4, 3, 2)
     assert state["exp_avg"].shape == core and state["exp_avg"].dtype == torch.complex64
     assert state["exp_avg_sq"].shape == core and state["exp_avg_sq"].dtype == torch.float32
@@ -532,7 +500,7 @@ def test_moments_match_the_core_after_a_rank_change(rule, new_rank):
     opt.request_refresh()
     p.grad = torch.randn_like(p)
     opt.step()
-    core = tucker.resolve_ranks(new_rank, p.shape)
+    core = layout.resolve_ranks(new_rank, p.shape)
     state = opt.state[p]
     assert state["exp_avg"].shape == core and state["exp_avg_sq"].shape == core
     assert torch.isfinite(p).all() and bool((state["exp_avg_sq"] >= 0).all())
@@ -582,7 +550,15 @@ def test_keep_rule_keeps_coordinates_and_crops_on_rank_decrease():
 def test_reset_rule_zeroes_moments_and_restarts_bias_correction():
     p = _param((8, 6, 4), torch.complex128)
     opt = TensorGaLoreAdamW(
-        [p], galore=True, rank=3, refresh_moments="reset", update_proj_gap=4, lr=0.1, eps=0.0, complex_norm="element"
+        [p],
+        galore=True,
+        rank=3,
+        refresh_moments="reset",
+        update_proj_gap=4,
+        lr=0.1,
+        eps=0.0,
+        complex_norm="element",
+        scale=1.0,
     )
     for _ in range(4):
         p.grad = torch.randn_like(p)
@@ -886,20 +862,10 @@ def test_closure_is_evaluated_with_grad_enabled():
 
 def test_converges_on_complex_least_squares():
     """An FNO-like spectral contraction y = sum_i x_i W_io (per mode); W is recovered from data."""
-    torch.manual_seed(0)
-    shape = (6, 6, 4, 3)
-    w_true = torch.randn(shape, dtype=torch.complex64)
-    x = torch.randn(64, 6, 4, 3, dtype=torch.complex64)
-    y = torch.einsum("bikl,iokl->bokl", x, w_true)
-    w = nn.Parameter(torch.zeros(shape, dtype=torch.complex64))
+    w_true, loss_fn = spectral_least_squares((6, 6, 4, 3))
+    w = nn.Parameter(torch.zeros_like(w_true))
     opt = TensorGaLoreAdamW([w], lr=0.05, galore=True, rank=0.25, update_proj_gap=10)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 600)
-    for _ in range(600):
-        opt.zero_grad()
-        loss = (torch.einsum("bikl,iokl->bokl", x, w) - y).abs().square().mean()
-        loss.backward()
-        opt.step()
-        sched.step()
+    train(opt, w, loss_fn, 600, torch.optim.lr_scheduler.CosineAnnealingLR(opt, 600))
     rel = float((w.detach() - w_true).norm() / w_true.norm())
     assert rel < 1e-3
 

@@ -13,31 +13,17 @@ from torch import nn
 from app.memory import adamw_state_bytes
 from app.memory_estimate import predict_state_bytes
 from app.optim import TensorGaLoreAdamW, TensorGRaDAdamW, sparse, tucker
-from app.optim.tensor_galore import _factors_from_state, projection_layout
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
-def _param(shape, dtype=torch.complex64, seed=0):
-    return nn.Parameter(torch.randn(shape, dtype=dtype, generator=_gen(seed)))
-
-
-def _grads(shape, n, dtype=torch.complex64, seed=1):
-    g = _gen(seed)
-    return [torch.randn(shape, dtype=dtype, generator=g) for _ in range(n)]
-
-
-def _run(opt, params, grads_per_param):
-    for step_grads in zip(*grads_per_param, strict=True):
-        for p, g in zip(params, step_grads, strict=True):
-            p.grad = g.clone()
-        opt.step()
+from app.optim.layout import projection_layout
+from app.optim.schema import factors_from_state
+from tests.optim.helpers import gen as _gen
+from tests.optim.helpers import grads as _grads
+from tests.optim.helpers import param as _param
+from tests.optim.helpers import reference_optimizer
+from tests.optim.helpers import run as _run
 
 
 def _factors(opt, p, rank):
-    return _factors_from_state(opt.state[p], projection_layout(p.shape, rank))
+    return factors_from_state(opt.state[p], projection_layout(p.shape, rank))
 
 
 # ------------------------------------------------------------------------------------ composition
@@ -120,19 +106,8 @@ def test_update_is_the_sum_of_the_backprojected_and_the_weighted_sparse_adam_dir
     p = _param(shape, torch.complex128)
     w0 = p.detach().numpy().copy()
     grads = _grads(shape, n_steps, torch.complex128)
-    opt = TensorGRaDAdamW(
-        [p],
-        lr=hp["lr"],
-        betas=(hp["b1"], hp["b2"]),
-        eps=hp["eps"],
-        weight_decay=hp["wd"],
-        galore=True,
-        rank=0.3,
-        scale=hp["scale"],
-        sparse_scale=hp["sparse_scale"],
-        sparse_ratio=0.1,
-        update_proj_gap=None,
-        composition=composition,
+    opt = reference_optimizer(
+        TensorGRaDAdamW, p, hp, rank=0.3, sparse_scale=hp["sparse_scale"], sparse_ratio=0.1, composition=composition
     )
     assert opt.param_groups[0]["complex_norm"] == "component"  # the default: sqrt(V_hat / 2) for complex
     _run(opt, [p], [grads])
@@ -420,6 +395,7 @@ def test_benchmark_builds_every_row_from_its_config_and_writes_only_its_section(
         expected = (
             torch.optim.AdamW if name == "AdamW" else (TensorGaLoreAdamW if "GaLore" in name else TensorGRaDAdamW)
         )
+
         def plain(v):  # YAML lists are stored as tuples (betas, proj_modes)
             return tuple(v) if isinstance(v, list) else v
 

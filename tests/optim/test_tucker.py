@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.optim import tucker
-from app.optim.matrix import matrix_ranks, matrix_shape
-from app.optim.tensor_galore import projection_layout
+from app.optim import layout, tucker
+from app.optim.layout import matrix_ranks, matrix_shape, projection_layout
 
 
 def _randn(shape, dtype=torch.complex64, seed=0):
@@ -32,21 +31,21 @@ def _decaying(shape, dtype=torch.complex128, seed=0):
 
 def test_fraction_rank_keeps_the_nearest_fraction_spread_evenly():
     # within 25%: (46, 45, 22, 12) = 24.54%; one more on mode 0 gives 25.07%, nearer: taken
-    assert tucker.resolve_ranks(0.25, (64, 64, 32, 17)) == (47, 45, 22, 12)
+    assert layout.resolve_ranks(0.25, (64, 64, 32, 17)) == (47, 45, 22, 12)
     # within 25%: (11, 11, 5, 4) = 23.6%; the least overshoot, (12, 11, 5, 4) = 25.8%, is nearer: taken
-    assert tucker.resolve_ranks(0.25, (16, 16, 8, 5)) == (12, 11, 5, 4)
+    assert layout.resolve_ranks(0.25, (16, 16, 8, 5)) == (12, 11, 5, 4)
     # 0.25 ** (1/2) = 0.5 on the two modes of size > 1; the size-1 mode keeps 1
-    assert tucker.resolve_ranks(0.25, (8, 1, 6)) == (4, 1, 3)
+    assert layout.resolve_ranks(0.25, (8, 1, 6)) == (4, 1, 3)
     # (2, 2) = 20% of (5, 4); (3, 2) = 30% is as far: ties stay below
-    assert tucker.resolve_ranks(0.25, (5, 4)) == (2, 2)
-    assert tucker.resolve_ranks(1e-6, (8, 8, 8)) == (1, 1, 1)  # never below 1 per mode
-    assert tucker.resolve_ranks(1.0, (7, 3, 2)) == (7, 3, 2)
+    assert layout.resolve_ranks(0.25, (5, 4)) == (2, 2)
+    assert layout.resolve_ranks(1e-6, (8, 8, 8)) == (1, 1, 1)  # never below 1 per mode
+    assert layout.resolve_ranks(1.0, (7, 3, 2)) == (7, 3, 2)
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 32, 17), (16, 16, 8, 5), (32, 32, 16, 9), (33, 7), (5, 5, 5)])
 @pytest.mark.parametrize("f", [0.01, 0.1, 0.25, 0.5, 0.75, 0.9])
 def test_fraction_rank_is_nearest_among_the_even_cores_around_the_target(shape, f):
-    ranks = tucker.resolve_ranks(f, shape)
+    ranks = layout.resolve_ranks(f, shape)
     target = f * math.prod(shape)
     kept = math.prod(ranks)
     steps_up = [kept // r * (r + 1) for r, n in zip(ranks, shape, strict=True) if r < n]
@@ -61,17 +60,17 @@ def test_fraction_rank_is_nearest_among_the_even_cores_around_the_target(shape, 
 def test_fraction_rank_keeps_about_that_fraction_of_elements():
     shape = (64, 64, 32, 17)
     for f in (0.1, 0.25, 0.5):
-        kept = math.prod(tucker.resolve_ranks(f, shape)) / math.prod(shape)
+        kept = math.prod(layout.resolve_ranks(f, shape)) / math.prod(shape)
         assert abs(kept - f) / f < 0.05
 
 
 def test_int_rank_is_clipped_to_each_mode_size():
-    assert tucker.resolve_ranks(8, (64, 4, 32, 17)) == (8, 4, 8, 8)
+    assert layout.resolve_ranks(8, (64, 4, 32, 17)) == (8, 4, 8, 8)
 
 
 def test_sequence_rank_gives_ints_and_per_mode_fractions():
-    assert tucker.resolve_ranks([16, 0.5, 100, 1.0], (64, 64, 32, 17)) == (16, 32, 32, 17)
-    assert tucker.resolve_ranks((0.01, 3), (10, 10)) == (1, 3)
+    assert layout.resolve_ranks([16, 0.5, 100, 1.0], (64, 64, 32, 17)) == (16, 32, 32, 17)
+    assert layout.resolve_ranks((0.01, 3), (10, 10)) == (1, 3)
 
 
 @pytest.mark.parametrize(
@@ -97,18 +96,18 @@ def test_sequence_rank_gives_ints_and_per_mode_fractions():
 )
 def test_invalid_rank_specs_raise_naming_the_value(spec, error):
     with pytest.raises(error, match="rank"):
-        tucker.resolve_ranks(spec, (8, 8, 4, 3))
+        layout.resolve_ranks(spec, (8, 8, 4, 3))
 
 
 def test_projected_modes_restrict_every_rank_form():
     shape = (16, 16, 8, 5)
     # a float is reached on the projected modes alone: 8 * 8 / (16 * 16) = 25% of all the elements
-    assert tucker.resolve_ranks(0.25, shape, (0, 1)) == (8, 8, None, None)
-    assert tucker.resolve_ranks(0.25, shape, [1, 0]) == (8, 8, None, None)  # order does not matter
-    assert tucker.resolve_ranks(4, shape, (0, -1)) == (4, None, None, 4)  # negative indices count from the end
-    assert tucker.resolve_ranks([8, 0.5, 3, 2], shape, (0, 1)) == (8, 8, None, None)  # others ignored
-    assert tucker.resolve_ranks([8, None, 0.5, None], shape) == (8, None, 4, None)  # None: not projected
-    assert tucker.resolve_ranks(0.25, shape, None) == tucker.resolve_ranks(0.25, shape)
+    assert layout.resolve_ranks(0.25, shape, (0, 1)) == (8, 8, None, None)
+    assert layout.resolve_ranks(0.25, shape, [1, 0]) == (8, 8, None, None)  # order does not matter
+    assert layout.resolve_ranks(4, shape, (0, -1)) == (4, None, None, 4)  # negative indices count from the end
+    assert layout.resolve_ranks([8, 0.5, 3, 2], shape, (0, 1)) == (8, 8, None, None)  # others ignored
+    assert layout.resolve_ranks([8, None, 0.5, None], shape) == (8, None, 4, None)  # None: not projected
+    assert layout.resolve_ranks(0.25, shape, None) == layout.resolve_ranks(0.25, shape)
 
 
 @pytest.mark.parametrize(
@@ -124,12 +123,12 @@ def test_projected_modes_restrict_every_rank_form():
 )
 def test_invalid_projected_modes_raise_naming_the_value(modes, error, text):
     with pytest.raises(error, match=text):
-        tucker.resolve_ranks(0.25, (16, 16, 8, 5), modes)
+        layout.resolve_ranks(0.25, (16, 16, 8, 5), modes)
 
 
 def test_a_sequence_rank_that_projects_none_of_the_modes_raises():
     with pytest.raises(ValueError, match="projects no mode"):
-        tucker.resolve_ranks([None, None, 3, 2], (16, 16, 8, 5), (0, 1))
+        layout.resolve_ranks([None, None, 3, 2], (16, 16, 8, 5), (0, 1))
 
 
 def test_matrix_rank_projects_the_smaller_side():
@@ -222,7 +221,7 @@ def test_fast_solvers_capture_nearly_as_much_as_tensorly_hooi(kind, solver, tole
     """Random tensors are the hard case: sequential HOSVD alone is ~2% short at this tiny size (<1% at FNO sizes,
     see BENCHMARKS.md); one warm-started HOOI sweep closes the gap."""
     g = _randn((16, 16, 8, 5)) if kind == "random" else _decaying((16, 16, 8, 5)).to(torch.complex64)
-    ranks = tucker.resolve_ranks(0.25, g.shape)
+    ranks = layout.resolve_ranks(0.25, g.shape)
     res = tucker.hosvd(g, ranks)
     if solver == "hooi":
         res = tucker.hooi(g, res.factors, n_iter=1)
@@ -250,10 +249,10 @@ def test_tensorly_solver_leaves_the_global_backend_alone():
 
 
 def test_product_order_puts_the_largest_reductions_first():
-    assert tucker._product_order((100, 10, 10), (10, 9, 9)) == (0, 1, 2)
-    assert tucker._product_order((10, 10, 100), (9, 9, 10))[0] == 2
+    assert tucker.product_order((100, 10, 10), (10, 9, 9)) == (0, 1, 2)
+    assert tucker.product_order((10, 10, 100), (9, 9, 10))[0] == 2
     # going back (expanding), the largest expansions come last
-    assert tucker._product_order((10, 9, 9), (100, 10, 10))[-1] == 0
+    assert tucker.product_order((10, 9, 9), (100, 10, 10))[-1] == 0
 
 
 @pytest.mark.parametrize(
