@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
-from app.metrics import RelativeH1, RelativeL2, RelativeL2Loss
+from app.metrics import BANDS, RelativeH1, RelativeL2, RelativeL2Loss, SpectralBandError
 from app.param_groups import split_param_groups
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class OperatorModule(LightningModule):
     # ------------------------------------------------------------------ setup
     def _test_collection(self, name: str) -> MetricCollection:
         kw = getattr(self, "_metric_kw", {})
-        return MetricCollection({f"test/l2_{name}": RelativeL2(), f"test/h1_{name}": RelativeH1(**kw)})
+        bands = {f"test_band/{b}_{name}": SpectralBandError(b) for b in BANDS}  # where the error sits in frequency
+        return MetricCollection({f"test/l2_{name}": RelativeL2(), f"test/h1_{name}": RelativeH1(**kw), **bands})
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
