@@ -287,7 +287,7 @@ def hardware_line(hw: dict[str, Any], threads: int | None = None) -> str:
     threads = threads or hw.get("threads")
     line = f"{hw['cpu']}, {hw['cores']} cores" + (f", {threads} torch thread(s) per run" if threads else "")
     line += f"; torch {hw['torch']}, Lightning {hw.get('lightning', '?')}"
-    line += f", neuraloperator {hw.get('neuraloperator', '?')}"
+    line += f", neuraloperator {hw.get('neuraloperator', '?')}, tensorly {hw.get('tensorly', '?')}"
     if hw.get("gpu"):
         line += f", GPU {hw['gpu']}"
     if hw.get("load") is not None:

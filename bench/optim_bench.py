@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ import torch
 
 from app.memory import adamw_state_bytes
 from app.optim import TensorGaLoreAdamW, tucker
-from bench import markdown
+from bench import harness, markdown
 
 log = logging.getLogger("bench.optim_bench")
 
@@ -200,23 +199,8 @@ def refresh_moments_study(seeds: int) -> dict[str, dict[str, list[float]]]:
 
 
 def hardware_line(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import tensorly
-
-    line = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"tensorly {tensorly.__version__}, Python {platform.python_version()}"
-    )
-    if LOAD_AT_START is not None:
-        line += f"; 1-min load average {LOAD_AT_START:.1f} before the run (other processes)"
-    if device.type == "cuda":
-        line = f"{torch.cuda.get_device_name(device)} (host: {line})"
-    return line
+    line = harness.hardware_line({**harness.hardware(), "load": LOAD_AT_START})
+    return f"{torch.cuda.get_device_name(device)} (host: {line})" if device.type == "cuda" else line
 
 
 def render(rows: list[dict], study: dict | None, device: torch.device, command: str, repeats: int) -> str:

@@ -239,13 +239,14 @@ def render_regularisation(study: Study, results: list[dict]) -> list[str]:
             rows.append([
                 m.label, cell(train), cell(test), cell(gap),
                 "—" if is_base else paired_cell(test, base_test),
-                "—" if is_base or not gd else f"{gm:+.4f} ± {gsd:.4f} ({verdict(gm, gsd, len(gd)) if gsd else ''})",
+                "—" if is_base or not gd else f"{gm:+.4f} ± {gsd:.4f} ({verdict(gm, gsd, len(gd))})".replace("-", "−"),
                 *(cell(values(runs, "tests", f"test_band/{b}_{names[0]}"), 3) for b in BANDS),
                 _status(runs) or "0",
             ])
             if not is_base and test:
                 pm, psd, n, _ = paired(test, base_test)
-                findings.append((d.label, m.label, pm, psd, n, gm if gd else math.nan))
+                tm, tsd, tn, _ = paired(train, base_train)
+                findings.append((d.label, m.label, pm, psd, n, gm, gsd, len(gd), tm, tsd, tn))
         lines += [f"#### {d.label}", "", *_table(
             ["method", "train L2", "test L2", "gap (test − train)", "test L2 vs AdamW (paired)",
              "gap − AdamW's gap (paired)", *(f"{b} band" for b in BANDS), "not ok"], rows), ""]
@@ -253,23 +254,45 @@ def render_regularisation(study: Study, results: list[dict]) -> list[str]:
     return lines
 
 
+PAPER_DARCY_L2 = -0.49  # Tensor-GaLore (arXiv:2501.02379): test L2 vs AdamW on Darcy 421x421, rank 0.25
+
+
 def claim_sentence(findings: list[tuple]) -> str:
-    """The paper's claim (low-rank gradients regularise: lower test error than AdamW), judged from the numbers."""
+    """The paper's claim (low-rank gradients regularise: a smaller gap and a lower test error than AdamW's), judged
+    from the numbers. ``findings``: (dataset, method, paired test change mean, sd, n, gap change mean, sd, n,
+    paired train change mean, sd, n).
+    The rule, fixed before the runs: the claim *holds* if at least half of the low-rank (dataset, method) pairs
+    have a lower test error beyond 2 standard errors together with a smaller gap, *holds partly* if some do, and
+    *does not hold* if none do."""
     if not findings:
         return "**The claim is not tested here**: no finished runs."
-    better = [f for f in findings if verdict(f[2], f[3], f[4]) == "lower"]
-    worse = [f for f in findings if verdict(f[2], f[3], f[4]) == "higher"]
-    smaller_gap = [f for f in better if not math.isnan(f[5]) and f[5] < 0]
-    text = f"**Reading**: of {len(findings)} low-rank (dataset, method) pairs, {len(better)} have a test error lower " \
-           f"than AdamW's beyond 2 standard errors of the paired change, {len(worse)} higher, the rest within noise."
-    if better:
-        text += " Lower: " + "; ".join(f"{f[0]}, {f[1]} {_pct(f[2])}" for f in better) + "."
-    if better and smaller_gap:
-        return text + " **The claim holds here for those runs**: lower test error with a smaller generalisation gap."
-    if better:
-        return text + " The lower test error does not come with a smaller gap, so it is not regularisation."
-    return text + " **The paper's claim (low-rank gradients regularise, giving lower test error) does not hold " \
-                  "here**: no low-rank method beats AdamW's test error in this data-limited regime."
+    lower = [f for f in findings if verdict(f[2], f[3], f[4]) == "lower"]
+    higher = [f for f in findings if verdict(f[2], f[3], f[4]) == "higher"]
+    smaller_gap = [f for f in findings if verdict(f[5], f[6], f[7]) == "lower"]
+    both = [f for f in lower if f in smaller_gap]
+    by_train = [f for f in smaller_gap if verdict(f[8], f[9], f[10]) == "higher"]
+    best = min(findings, key=lambda f: f[2])
+    text = (
+        f"**Reading** ({len(findings)} low-rank (dataset, method) pairs, each against AdamW on the same seeds): "
+        f"the generalisation gap is smaller beyond 2 standard errors in {len(smaller_gap)} ({len(by_train)} of them "
+        f"with a training error higher than AdamW's beyond 2 standard errors); the test error is lower "
+        f"beyond 2 standard errors in {len(lower)}, higher in {len(higher)}, within noise in the rest. The largest "
+        f"mean reduction of the test error is {_pct(best[2])} ({best[0]}, {best[1]}); the paper reports "
+        f"{_pct(PAPER_DARCY_L2)} on Darcy at 421×421. With 3 seeds a 2-standard-error threshold is loose (t with 2 "
+        "degrees of freedom: about 18% two-sided false-positive rate per comparison), so a few single *lower* "
+        "verdicts among this many comparisons are expected by chance. "
+    )
+    if len(both) * 2 >= len(findings):
+        return text + "**The claim holds here**: most low-rank methods have both a smaller gap and a lower test error."
+    if both:
+        return text + (
+            f"**The claim holds only partly here**: only {len(both)} of {len(findings)} pairs have both a smaller gap "
+            "and a test error lower than AdamW's beyond the noise, and by far less than the paper's figure."
+        )
+    return text + (
+        "**The paper's claim does not hold here**: whatever the gap does, no low-rank method has a test error lower "
+        "than AdamW's beyond the noise in this data-limited regime."
+    )
 
 
 def _seeds(study: Study) -> str:
