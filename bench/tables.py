@@ -187,8 +187,31 @@ def render_dataset(study: Study, results: list[dict], dataset) -> list[str]:
         rows.append(row)
     r0 = next(iter(ok([r for r in results if r["dataset"] == dataset.key])))
     return [f"#### {dataset.label}", "",
-            f"{r0['n_train']} training samples, {study.steps} steps, seeds {_seeds(study)}.", "",
-            *_table(header, rows), ""]
+            f"{r0['n_train']} training samples, {study.steps} steps, seeds {_seeds(study)}; ms/step is the fit time "
+            "over the steps in a shared machine's slot (a rough cost, not a timing benchmark).", "",
+            *_table(header, rows), "", band_sentence(study, results, dataset.key, main), ""]
+
+
+def band_sentence(study: Study, results: list[dict], dataset: str, test: str) -> str:
+    """Where in frequency each method's error differs from AdamW's: per band, the paired change beyond noise."""
+    base = {b: values(select(results, dataset, "adamw"), "tests", f"test_band/{b}_{test}") for b in BANDS}
+    parts = []
+    for m in study.methods:
+        if m.key == "adamw":
+            continue
+        runs = select(results, dataset, m.key)
+        changes = []
+        for b in BANDS:
+            mean, sd, n, _ = paired(values(runs, "tests", f"test_band/{b}_{test}"), base[b])
+            v = verdict(mean, sd, n)
+            if v in ("lower", "higher"):
+                changes.append(f"{b} {_pct(mean)}")
+        if changes:
+            parts.append(f"{m.label}: " + ", ".join(changes))
+    if not parts:
+        return f"Band errors on `{test}` vs AdamW (paired): no band differs beyond 2 standard errors."
+    return (f"Band errors on `{test}` that differ from AdamW's beyond 2 standard errors (paired change): "
+            + "; ".join(parts) + ".")
 
 
 def render_sweep(study: Study, results: list[dict]) -> list[str]:
@@ -249,7 +272,8 @@ def render_regularisation(study: Study, results: list[dict]) -> list[str]:
                 findings.append((d.label, m.label, pm, psd, n, gm, gsd, len(gd), tm, tsd, tn))
         lines += [f"#### {d.label}", "", *_table(
             ["method", "train L2", "test L2", "gap (test − train)", "test L2 vs AdamW (paired)",
-             "gap − AdamW's gap (paired)", *(f"{b} band" for b in BANDS), "not ok"], rows), ""]
+             "gap − AdamW's gap (paired)", *(f"{b} band" for b in BANDS), "not ok"], rows), "",
+            band_sentence(study, results, d.key, names[0]), ""]
     lines += [claim_sentence(findings), ""]
     return lines
 
@@ -308,7 +332,7 @@ def render(saved: dict[str, Any]) -> str:
     lines = [
         "## Accuracy through the product: regularisation, rank sweep, every dataset (issue 16)",
         "",
-        f"Command: `{meta['command']}` ({_run_minutes(results):.0f} min in the runs' processes). Hardware: "
+        f"Command: `{meta['command']}` ({_run_minutes(results):.0f} min of wall time in the runs' processes, waits for a CPU slot included). Hardware: "
         f"{harness.hardware_line(meta['hardware'], _threads(results))}. Raw results: `{meta.get('results', '?')}`.",
         "",
         "Every figure comes from `tgalore fit` runs (`app.cli.cli_main(args, run=False)` and its Trainer, one process "
