@@ -332,7 +332,8 @@ def render(saved: dict[str, Any]) -> str:
     lines = [
         "## Accuracy through the product: regularisation, rank sweep, every dataset (issue 16)",
         "",
-        f"Command: `{meta['command']}` ({_run_minutes(results):.0f} min of wall time in the runs' processes, waits for a CPU slot included). Hardware: "
+        f"Command: `{meta['command']}` ({_run_minutes(results):.0f} min of wall time in the runs' processes, "
+        f"waits for a CPU slot included). Hardware: "
         f"{harness.hardware_line(meta['hardware'], _threads(results))}. Raw results: `{meta.get('results', '?')}`.",
         "",
         "Every figure comes from `tgalore fit` runs (`app.cli.cli_main(args, run=False)` and its Trainer, one process "
