@@ -11,12 +11,14 @@ train: bootstrap
 test: bootstrap
 	.venv/bin/python -m pytest
 
-bench: bootstrap  # every section of BENCHMARKS.md (about 45 minutes on a 2-core CPU)
+# Every section of BENCHMARKS.md; the accuracy studies train through `tgalore fit` runs (about 3 h on a 2-core CPU).
+# BENCH_LAUNCHER=/work/cpu-run prefixes each training process; finished runs are cached in bench/out/runs.
+bench: bootstrap
 	.venv/bin/python -m bench.optim_bench
 	.venv/bin/python -m bench.memory_bench
 	.venv/bin/python -m bench.tensorgrad_bench
 	.venv/bin/python -m bench.defaults_study
-	.venv/bin/python -m bench.tables --quick
+	.venv/bin/python -m bench.tables
 
 lint: bootstrap
 	.venv/bin/ruff check app datamodules callbacks bench tests

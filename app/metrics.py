@@ -11,6 +11,20 @@ Norms use the grid quadrature of a domain with side ``domain_length``. For the H
 * by second-order finite differences (``periodic=False``, the default, right for Darcy's Dirichlet problem):
   central differences inside, second-order one-sided differences on the boundary, grid points including both
   ends (spacing ``L / (n - 1)``).
+
+Frequency bands (``band_relative_errors``, ``SpectralBandError``), in the spirit of PDEBench's fRMSE: the error and
+the target are taken to Fourier space over all spatial axes (``torch.fft.fftn``, no windowing: a non-periodic field
+such as Darcy's pressure leaks some energy into higher frequencies, for prediction and target alike). Each
+frequency gets its normalised radius ``rho = max_k |f_k| / (n_k / 2)`` (the largest of its integer frequencies
+over each axis's Nyquist frequency; ``rho`` lies in [0, 1] on every grid). The bands, fractions of Nyquist so
+that they mean the same on 16 and on 128 points (PDEBench's fixed wavenumbers 4 and 12 would leave a 16x16 grid
+without a high band):
+
+* ``low``: ``rho <= 1/4``; ``mid``: ``1/4 < rho <= 1/2``; ``high``: ``rho > 1/2``.
+
+The band error of a sample is ``||P_b (pred - target)|| / ||P_b target||`` (``P_b``: keep band ``b`` only): the
+relative error *within* the band, averaged over samples like the L2 error. A high-band value near 1 means the
+model misses those frequencies altogether.
 """
 
 from __future__ import annotations
@@ -30,7 +44,14 @@ __all__ = [
     "RelativeH1Loss",
     "RelativeL2",
     "RelativeH1",
+    "BANDS",
+    "band_masks",
+    "band_relative_errors",
+    "SpectralBandError",
 ]
+
+#: the frequency bands of ``band_relative_errors``: name -> (lower, upper] edges of ``rho`` (fraction of Nyquist)
+BANDS: dict[str, tuple[float, float]] = {"low": (-1.0, 0.25), "mid": (0.25, 0.5), "high": (0.5, 1.0)}
 
 
 def abs_sq(x: Tensor) -> Tensor:
@@ -167,3 +188,43 @@ class RelativeH1(_MeanRelativeError):
 
     def _per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
         return relative_h1(pred, target, periodic=self.periodic, domain_length=self.domain_length)
+
+
+def band_masks(shape: tuple[int, ...], device: torch.device | None = None) -> dict[str, Tensor]:
+    """Boolean masks over the ``fftn`` frequencies of a grid ``shape`` (spatial axes only), one per band of
+    ``BANDS``; every frequency is in exactly one band."""
+    if not shape:
+        raise ValueError("band masks need at least one spatial axis")
+    rho = None
+    for n in shape:
+        f = torch.fft.fftfreq(n, d=1.0 / n, device=device).abs() / max(n / 2, 1.0)
+        rho = f if rho is None else torch.maximum(rho.unsqueeze(-1), f)
+    return {name: (rho > lo) & (rho <= hi) for name, (lo, hi) in BANDS.items()}
+
+
+def band_relative_errors(pred: Tensor, target: Tensor, eps: float = 1e-12) -> dict[str, Tensor]:
+    """Per-sample relative error in each Fourier band (see the module docstring), ``{band: (batch,)}``."""
+    _check_fields(pred, target)
+    dims = tuple(range(2, pred.ndim))
+    err = abs_sq(torch.fft.fftn(pred - target, dim=dims))
+    ref = abs_sq(torch.fft.fftn(target, dim=dims))
+    out = {}
+    for name, mask in band_masks(tuple(pred.shape[2:]), pred.device).items():
+        e = (err * mask).flatten(1).sum(1)
+        r = (ref * mask).flatten(1).sum(1)
+        out[name] = torch.sqrt(e / r.clamp_min(eps))
+    return out
+
+
+class SpectralBandError(_MeanRelativeError):
+    """Mean per-sample relative error in one Fourier band (``band``: ``low``, ``mid`` or ``high``; see the module
+    docstring for the band edges)."""
+
+    def __init__(self, band: str, **kwargs) -> None:
+        if band not in BANDS:
+            raise ValueError(f"band={band!r} is not one of {list(BANDS)}")
+        super().__init__(**kwargs)
+        self.band = band
+
+    def _per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
+        return band_relative_errors(pred, target)[self.band]

@@ -27,7 +27,7 @@ from torch.nn.modules.loss import _Loss  # torch's loss base class: the CLI's --
 from torchmetrics import MetricCollection
 
 from app.lr_schedules import CosineToEnd
-from app.metrics import RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss
+from app.metrics import BANDS, RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss, SpectralBandError
 from app.param_groups import split_param_groups
 from app.resume import DATA_IDENTITY_KEY, data_differences
 
@@ -159,7 +159,8 @@ class OperatorModule(LightningModule):
     # ------------------------------------------------------------------ setup
     def _test_collection(self, name: str) -> MetricCollection:
         kw = getattr(self, "_metric_kw", {})
-        return MetricCollection({f"test/l2_{name}": RelativeL2(), f"test/h1_{name}": RelativeH1(**kw)})
+        bands = {f"test_band/{b}_{name}": SpectralBandError(b) for b in BANDS}  # where the error sits in frequency
+        return MetricCollection({f"test/l2_{name}": RelativeL2(), f"test/h1_{name}": RelativeH1(**kw), **bands})
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None

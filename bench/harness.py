@@ -1,203 +1,306 @@
-"""Shared training and measurement code of the optimizer comparison (``python -m bench.tables``).
+"""One benchmark run through the product, and what every benchmark shares (issue 16).
 
-Every method trains the same network (``app.models.FNO`` inside ``app.module.OperatorModule``, whose
-``configure_optimizers`` builds the parameter groups with ``app.param_groups.split_param_groups``) on the same data
-(a ``datamodules`` ``PDEDataModule``: its normalised training split, validation split and test sets), from the same
-initialisation per seed, with the same batches, learning rate, schedule and number of steps. The loop is plain
-PyTorch rather than a Lightning ``Trainer`` so that each step can be timed on its own and nothing but the optimizer
-differs between runs.
+A run is the user's path: ``app.cli.cli_main(args, run=False)`` composes the default job's configs
+(``app.cli.DEFAULT_CONFIGS``), the shipped config files of the dataset and the optimizer,
+``configs/bench/base.yaml`` (the trainer settings of a benchmark run) and one YAML delta per run (seed, steps,
+batch size, the method's overrides); the Trainer it builds fits the module and tests the *final* model
+(``trainer.test(ckpt_path=None)``), logging every test metric of ``app.module.OperatorModule`` (relative L2, H1
+and the Fourier-band errors). The run then reads the final model's error on its own training split (the same
+metrics, for the generalisation gap) and the exact bytes of the optimizer
+state, and writes one JSON file.
 
-Measurements (all functions below the "accounting" line are unit-tested in ``tests/bench``):
-
-* **accuracy**: mean per-sample relative L2 and H1 error of the final model on each test set (``app.metrics``);
-* **memory**: exact bytes of parameters, gradients and optimizer state, tensor by tensor (``app.memory``); the
-  state count also walks into non-tensor state entries (neuraloperator's ``AdamW`` keeps its projector, a Python
-  object holding the factors, in its state) and is cross-checked against ``app.memory_estimate``;
-* **time**: the median of whole training steps (zero_grad, forward, loss, backward, optimizer step), measured by
-  :func:`time_methods` with all methods interleaved in one process on one fixed batch, so machine load affects
-  every method alike; the extra time of a subspace refresh, measured by forcing refreshes, gives the refresh
-  overhead share at the default ``update_proj_gap``;
-* **peak RSS** of each training run (the kernel's high-water mark, reset before the run: ``/proc/self/clear_refs``).
+Each run is its own process (``python -m bench.harness --out run.json -- <tgalore arguments>``), started by
+:func:`launch` behind an optional launcher (``BENCH_LAUNCHER``, e.g. ``/work/cpu-run`` on a shared machine), so a
+benchmark's driver does no torch work and a crash or a divergence costs one run, not the study.
 """
 
 from __future__ import annotations
 
-import ctypes
+import argparse
+import hashlib
+import json
 import logging
 import math
+import os
+import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from torch import Tensor, nn
-
-from app.memory import tensor_bytes
-from app.metrics import RelativeL2Loss, relative_h1, relative_l2
 
 log = logging.getLogger("bench.harness")
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS_YAML = REPO / "configs" / "optim" / "tensor_galore.yaml"  # the default job's optimizer
+BENCH_BASE = "configs/bench/base.yaml"
 
 __all__ = [
-    "Hyper",
-    "Method",
-    "Prepared",
-    "TestSet",
-    "default_hyper",
-    "main_methods",
-    "sweep_methods",
-    "tensorgrad_class",
-    "deep_tensor_bytes",
-    "optimizer_state_bytes_deep",
-    "memory_row",
-    "spectral_state_bytes",
-    "kept_fraction",
-    "rss_bytes",
-    "reset_peak_rss",
-    "release_freed_memory",
-    "refresh_share",
+    "RunSpec",
+    "fit_args",
+    "run_product",
+    "launch",
+    "optimizer_state_bytes",
+    "hardware",
     "mean_sd",
     "paired_relative_change",
-    "train_run",
-    "time_methods",
-    "evaluate",
 ]
 
 
-# ============================================================================================ accounting
+# ============================================================================================ what a run is
 
 
-def deep_tensor_bytes(obj: Any, _seen: set[int] | None = None) -> int:
-    """Bytes of every distinct tensor reachable from ``obj`` through lists, tuples, dicts and plain objects'
-    attributes (``__dict__``), each tensor counted once. Numbers and strings count 0."""
-    seen = set() if _seen is None else _seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, Tensor):
-        return tensor_bytes(obj)
-    if isinstance(obj, (str, bytes, int, float, bool, complex, type(None))):
-        return 0
-    if isinstance(obj, dict):
-        return sum(deep_tensor_bytes(v, seen) for v in obj.values())
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return sum(deep_tensor_bytes(v, seen) for v in obj)
-    if isinstance(obj, nn.Module):  # never part of an optimizer's state; do not count a model twice
-        return 0
-    attrs = getattr(obj, "__dict__", None)
-    return sum(deep_tensor_bytes(v, seen) for v in attrs.values()) if attrs else 0
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: config files (repo-relative) applied in order on top of the default job's configs
+    (``app.cli.DEFAULT_CONFIGS``), then ``configs/bench/base.yaml``, then ``delta`` (a nested YAML mapping: this
+    run's seed, steps and overrides)."""
+
+    study: str
+    dataset: str
+    method: str
+    seed: int
+    configs: tuple[str, ...]
+    delta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}__{self.method}__s{self.seed}"
+
+    def digest(self) -> str:
+        """Changes whenever anything that defines the run changes (a cached result is reused only if it matches)."""
+        text = json.dumps({"configs": self.configs, "delta": self.delta}, sort_keys=True, default=str)
+        from app.cli import DEFAULT_CONFIGS
+
+        for c in (*DEFAULT_CONFIGS, *(REPO / c for c in (*self.configs, BENCH_BASE))):
+            text += Path(c).read_text()
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def optimizer_state_bytes_deep(optimizer: torch.optim.Optimizer) -> int:
-    """Exact bytes of an optimizer's state: every tensor in ``optimizer.state``, including tensors held by
-    objects stored there (equal to ``app.memory.optimizer_state_bytes`` for optimizers with plain-tensor state)."""
+def fit_args(spec: RunSpec, delta_file: Path) -> list[str]:
+    """The ``tgalore`` arguments (without the subcommand) of ``spec``, with its delta written to ``delta_file``."""
+    for c in spec.configs:
+        if not (REPO / c).is_file():
+            raise FileNotFoundError(f"{spec.key}: config file {c} does not exist")
+    delta_file.parent.mkdir(parents=True, exist_ok=True)
+    delta_file.write_text(
+        f"# bench run {spec.study}/{spec.key}: seed, steps and overrides (written by bench.harness)\n"
+        + yaml.safe_dump(spec.delta, sort_keys=False)
+    )
+    args: list[str] = []
+    for c in (*spec.configs, BENCH_BASE):
+        args += ["-c", str(REPO / c)]
+    return args + ["-c", str(delta_file)]
+
+
+# ============================================================================================ measurement
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Exact bytes of every distinct tensor in ``optimizer.state``, also those held inside non-tensor state entries
+    (neuraloperator's ``AdamW`` keeps its factors in a projector object); the one state-byte count of ``bench/``."""
+    from torch import Tensor, nn
+
     seen: set[int] = set()
-    return sum(deep_tensor_bytes(s, seen) for s in optimizer.state.values())
+
+    def walk(obj: Any) -> int:
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, bool, complex, type(None), nn.Module)):
+            return 0
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(walk(v) for v in obj.values())
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return sum(walk(v) for v in obj)
+        return sum(walk(v) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
+
+    return sum(walk(s) for s in optimizer.state.values())
 
 
-def memory_row(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Exact bytes of ``model``'s parameters, its current gradients and ``optimizer``'s state, and their total."""
-    params = list(model.parameters())
-    row = {
-        "params": sum(tensor_bytes(p) for p in params),
-        "grads": sum(tensor_bytes(p.grad) for p in params),
-        "state": optimizer_state_bytes_deep(optimizer),
-    }
-    row["total"] = row["params"] + row["grads"] + row["state"]
-    return row
+def _evaluate(module, dataset, batch_size: int) -> dict[str, float]:
+    """The module's test metrics (a fresh copy of its first test collection) on ``dataset``, final model."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    metrics = module._test_collection("train").to(module.device)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            batch = {k: v.to(module.device) for k, v in batch.items()}
+            pred, y = module._step(batch)
+            metrics.update(pred, y)
+    module.train(was_training)
+    return {k: float(v) for k, v in metrics.compute().items()}
 
 
-def spectral_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Exact state bytes of ``model``'s spectral weights (the ``galore=True`` parameters of
-    ``app.param_groups.split_param_groups``, whatever the optimizer does with them), next to what
-    ``torch.optim.AdamW`` keeps for them (``adamw_spectral``) and for all parameters (``adamw_total``)."""
+def run_product(args: list[str]) -> dict[str, Any]:
+    """Fit and test through ``cli_main(args, run=False)``; the final test metrics, training-split metrics, steps,
+    time and optimizer state of the run (``failure`` names what went wrong if it did not finish)."""
+    import torch
+
+    from app.cli import cli_main
     from app.memory import adamw_state_bytes
-    from app.param_groups import split_param_groups
 
-    groups = split_param_groups(model)
-    spectral = [p for g in groups if g["galore"] for p in g["params"]]
-    seen: set[int] = set()
-    return {
-        "state_spectral": sum(deep_tensor_bytes(optimizer.state.get(p, {}), seen) for p in spectral),
-        "adamw_spectral": adamw_state_bytes(spectral),
-        "adamw_total": adamw_state_bytes(p for g in groups for p in g["params"]),
-    }
-
-
-def kept_fraction(model: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
-    """Entries of the spectral weights' first moments over the spectral weights' entries (1 for full-tensor
-    Adam, about the rank fraction for Tucker/GaLore projections); None before the optimizer's first step."""
-    from app.param_groups import split_param_groups
-
-    spectral = [p for g in split_param_groups(model) if g["galore"] for p in g["params"]]
-    moments = [optimizer.state.get(p, {}).get("exp_avg") for p in spectral]
-    if not spectral or any(m is None for m in moments):
-        return None
-    return sum(m.numel() for m in moments) / sum(p.numel() for p in spectral)
-
-
-def _status_kib(key: str) -> int | None:
+    cli = cli_main(args, run=False)
+    trainer, module, dm = cli.trainer, cli.model, cli.datamodule
+    out: dict[str, Any] = {"failure": None, "tests": {}, "train": {}}
+    t0 = time.perf_counter()
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+        trainer.fit(module, datamodule=dm)
+    except FloatingPointError as err:  # TensorGaLoreAdamW's NonFiniteGradientError: a diverged run
+        out["failure"] = f"non-finite gradient at step {trainer.global_step}: {str(err).splitlines()[0]}"
+    out["fit_s"] = time.perf_counter() - t0
+    out["steps"] = int(trainer.global_step)
+    loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+    out["final_train_loss"] = None if loss is None else float(loss)
+    if out["failure"] is None and (loss is None or not math.isfinite(float(loss))):
+        out["failure"] = f"non-finite training loss at step {out['steps']}"
+    if out["failure"] is None and trainer.max_steps > 0 and out["steps"] != trainer.max_steps:
+        out["failure"] = f"stopped after {out['steps']} of {trainer.max_steps} steps"
+    opt = trainer.optimizers[0] if trainer.optimizers else None
+    out["optimizer"] = type(opt).__name__ if opt is not None else None
+    out["state_bytes"] = optimizer_state_bytes(opt) if opt is not None else None
+    out["adamw_state_bytes"] = adamw_state_bytes(p for p in module.model.parameters())
+    out["n_train"] = len(dm.train_dataloader().dataset)
+    out["test_names"] = list(dm.test_names)
+    if out["failure"] is None:
+        for result in trainer.test(module, datamodule=dm, ckpt_path=None, verbose=False):
+            out["tests"].update({k: float(v) for k, v in result.items()})
+        out["train"] = _evaluate(module, dm.train_dataloader().dataset, dm.test_batch_size)
+    out["threads"] = torch.get_num_threads()
+    return out
 
 
-def rss_bytes() -> dict[str, int | None]:
-    """This process's resident set now (``rss``) and its high-water mark (``peak``), bytes; None where the
-    platform does not say (Linux ``/proc/self/status``: VmRSS, VmHWM)."""
-    rss, peak = _status_kib("VmRSS"), _status_kib("VmHWM")
-    return {"rss": None if rss is None else rss * 1024, "peak": None if peak is None else peak * 1024}
+# ============================================================================================ launching
 
 
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def launcher() -> list[str]:
+    """The command prefix every run is started with: ``BENCH_LAUNCHER`` split like a shell word list (e.g.
+    ``/work/cpu-run``, which waits for a free CPU slot), or nothing."""
+    return shlex.split(os.environ.get("BENCH_LAUNCHER", ""))
 
 
-_LIBC: Any = None
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``) and make large blocks ``mmap``-ed (fixed
-    threshold), so one run's peak RSS is not hidden by memory an earlier run freed; no-op elsewhere."""
-    global _LIBC
-    if _LIBC is None:
+def launch(
+    specs: Sequence[RunSpec], work_dir: Path, *, timeout_s: float | None = None, start: bool = True
+) -> list[dict[str, Any] | None]:
+    """Run ``specs`` one after another in one process under :func:`launcher` (the seeds of one method, say, so the
+    imports are paid once); each result (with the spec's fields) is cached in ``work_dir/<study>/<key>/result.json``
+    as soon as it is done and reused while the spec's digest is unchanged. ``start=False`` only reads the cache
+    (None for a run that is not in it)."""
+    jobs, todo = [], []
+    results: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        run_dir = work_dir / spec.study / spec.key
+        result_file = run_dir / "result.json"
+        digest = spec.digest()
+        if result_file.is_file():
+            cached = json.loads(result_file.read_text())
+            if cached.get("digest") == digest and not cached.get("launch_failure"):
+                results[spec.key] = cached
+                continue
+        result_file.unlink(missing_ok=True)
+        run = RunSpec(
+            spec.study, spec.dataset, spec.method, spec.seed, spec.configs,
+            _merge(spec.delta, {"trainer": {"default_root_dir": str(run_dir)}}),
+        )
+        args = fit_args(run, run_dir / "delta.yaml")
+        jobs.append({"out": str(result_file), "args": args})
+        todo.append((spec, digest, result_file, args))
+    if jobs and start:
+        job_file = work_dir / "jobs" / f"{todo[0][0].study}__{todo[0][0].key}.json"
+        job_file.parent.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(jobs, indent=1) + "\n")
+        cmd = [*launcher(), sys.executable, "-m", "bench.harness", "--jobs", str(job_file)]
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        t0 = time.perf_counter()
         try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, disables the dynamic raise
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+            failure = None if proc.returncode == 0 else f"exit {proc.returncode}: {_tail(proc.stderr)}"
+        except subprocess.TimeoutExpired:
+            failure = f"timed out after {timeout_s:.0f} s"
+        wall = time.perf_counter() - t0
+        for spec, digest, result_file, args in todo:
+            if result_file.is_file():
+                result = json.loads(result_file.read_text())
+            else:
+                result = {"failure": failure or "no result written", "launch_failure": True, "tests": {}, "train": {}}
+            result.update(
+                study=spec.study, dataset=spec.dataset, method=spec.method, seed=spec.seed, digest=digest,
+                process_s=wall / len(todo),
+                command=" ".join(["python -m app fit", *(shlex.quote(a) for a in args)]),
+            )
+            result_file.parent.mkdir(parents=True, exist_ok=True)
+            result_file.write_text(json.dumps(result, indent=1) + "\n")
+            results[spec.key] = result
+    return [results.get(s.key) for s in specs]
 
 
-def refresh_share(step_s: float, refresh_extra_s: float, gap: int | None) -> float:
-    """Share of training time spent refreshing subspaces when one step in ``gap`` costs ``refresh_extra_s`` more
-    than an ordinary step of ``step_s``: ``extra / (gap * step + extra)``; 0 without refreshes."""
-    if gap is None or refresh_extra_s <= 0:
-        return 0.0
-    return refresh_extra_s / (gap * step_s + refresh_extra_s)
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:])[:500]
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """``a`` updated recursively by ``b`` (new dicts; lists and scalars of ``b`` replace)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ============================================================================================ shared by the reports
+
+
+def hardware() -> dict[str, Any]:
+    """The machine and library versions (the one hardware probe of ``bench/``); imports no torch, so a driver
+    that does no torch work can call it."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    hw: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    for pkg in ("torch", "lightning", "neuraloperator", "tensorly"):
+        try:
+            hw[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            hw[pkg] = "?"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        hw["threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            hw["gpu"] = torch.cuda.get_device_name()
+    return hw
+
+
+def hardware_line(hw: dict[str, Any], threads: int | None = None) -> str:
+    threads = threads or hw.get("threads")
+    line = f"{hw['cpu']}, {hw['cores']} cores" + (f", {threads} torch thread(s) per run" if threads else "")
+    line += f"; torch {hw['torch']}, Lightning {hw.get('lightning', '?')}"
+    line += f", neuraloperator {hw.get('neuraloperator', '?')}, tensorly {hw.get('tensorly', '?')}"
+    if hw.get("gpu"):
+        line += f", GPU {hw['gpu']}"
+    if hw.get("load") is not None:
+        line += f"; 1-min load average {hw['load']:.1f} at the start (other processes share this machine)"
+    return line
 
 
 def mean_sd(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value); NaN mean for no values."""
+    """Mean and sample standard deviation (0 for a single value); NaN for no values."""
     v = [float(x) for x in values]
     if not v:
         return math.nan, math.nan
@@ -211,482 +314,38 @@ def paired_relative_change(ours: Sequence[float], base: Sequence[float]) -> tupl
     return mean_sd(o / b - 1.0 for o, b in zip(ours, base, strict=True))
 
 
-# ============================================================================================ methods
+# ============================================================================================ worker
 
 
-@dataclass(frozen=True)
-class Hyper:
-    """What every method shares: from the default job's optimizer (``configs/optim/tensor_galore.yaml``)."""
-
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
-    update_proj_gap: int | None = 200
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    scale: float = 1.0  # of the back-projected update, for every projected method of ours
-    proj_modes: tuple[int, ...] | None = None  # modes the Tucker path projects (None: all), for ours
-
-
-def default_hyper(path: Path = DEFAULTS_YAML) -> Hyper:
-    """lr, weight decay, ``update_proj_gap``, ``scale`` and ``proj_modes`` of the default job's optimizer
-    (``configs/optim/tensor_galore.yaml``)."""
-    cfg = yaml.safe_load(path.read_text())
-    init = cfg["model"]["optimizer"]["init_args"]
-    return Hyper(
-        lr=float(init["lr"]),
-        weight_decay=float(init.get("weight_decay", 0.0)),
-        update_proj_gap=init.get("update_proj_gap", 200),
-        scale=float(init.get("scale", 1.0)),
-        proj_modes=None if init.get("proj_modes") is None else tuple(init["proj_modes"]),
-    )
-
-
-def tensorgrad_class() -> type | None:
-    """TensorGRaD's optimizer class if ``app.optim`` exports one (a name containing "tensorgrad"), else None."""
-    import app.optim as optim
-
-    for name in getattr(optim, "__all__", dir(optim)):
-        if "tensorgrad" in name.lower() and isinstance(getattr(optim, name, None), type):
-            return getattr(optim, name)
-    return None
-
-
-@dataclass(frozen=True)
-class Method:
-    """One optimizer configuration. ``family``: ``torch`` (``torch.optim.AdamW``), ``neuralop``
-    (``neuralop.training.AdamW`` with its Tensor-GaLore), ``ours`` (``app.optim.TensorGaLoreAdamW``) or
-    ``tensorgrad`` (``app.optim``'s TensorGRaD, when it exists)."""
-
-    key: str
-    label: str
-    family: str
-    options: tuple[tuple[str, Any], ...] = ()
-    spectral_galore: bool = True
-    note: str = ""
-
-    @property
-    def rank(self) -> float | None:
-        return dict(self.options).get("rank")
-
-    def factory(self, hp: Hyper) -> Callable[[list[dict]], torch.optim.Optimizer]:
-        opts = dict(self.options)
-        common = dict(lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay)
-        if self.family == "torch":
-            return lambda groups: torch.optim.AdamW(groups, **common)
-        if self.family == "ours":
-            from app.optim import TensorGaLoreAdamW
-
-            opts = {"scale": hp.scale, "proj_modes": hp.proj_modes, **opts}
-            return lambda groups: TensorGaLoreAdamW(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
-        if self.family == "neuralop":
-            from neuralop.training import AdamW as NeuralopAdamW
-
-            def make(groups: list[dict]) -> torch.optim.Optimizer:
-                # neuraloperator's API: ordinary params first, the projected ones as ``galore_params`` (it adds
-                # them as a group of its own); rank and refresh gap are optimizer attributes, not group keys.
-                galore = [p for g in groups if g["galore"] for p in g["params"]]
-                other = [p for g in groups if not g["galore"] for p in g["params"]]
-                return NeuralopAdamW(
-                    other,
-                    galore_params=galore,
-                    galore_rank=opts.get("rank", 0.25),
-                    galore_update_proj_gap=hp.update_proj_gap,
-                    **common,
-                )
-
-            return make
-        if self.family == "tensorgrad":
-            cls = tensorgrad_class()
-            if cls is None:
-                raise RuntimeError("app.optim exports no TensorGRaD optimizer")
-            opts = {"scale": hp.scale, **opts}  # TensorGRaD's defaults project every mode (configs/optim)
-            return lambda groups: cls(groups, update_proj_gap=hp.update_proj_gap, **common, **opts)
-        raise ValueError(f"unknown method family {self.family!r}")
-
-
-def _ours(key: str, label: str, note: str = "", spectral_galore: bool = True, **options: Any) -> Method:
-    return Method(key, label, "ours", tuple(sorted(options.items())), spectral_galore, note)
-
-
-def tensor_galore(rank: float, all_modes: bool = False) -> Method:
-    """Tensor-GaLore at ``rank`` with the default job's ``proj_modes``, or projecting every mode (the paper's
-    form) with ``all_modes``."""
-    if all_modes:
-        return _ours(
-            f"tensor_galore_{rank:g}_all",
-            f"Tensor-GaLore r={rank:g}, all modes",
-            rank=rank,
-            proj="tucker",
-            proj_modes=None,
-            note="every mode projected, as in the paper",
-        )
-    return _ours(f"tensor_galore_{rank:g}", f"Tensor-GaLore r={rank:g}", rank=rank, proj="tucker")
-
-
-def galore_matrix(rollup: int, rank: float) -> Method:
-    return _ours(f"galore_d{rollup}_{rank:g}", f"GaLore d={rollup} r={rank:g}", rank=rank, proj="matrix", rollup=rollup)
-
-
-def main_methods(include_tensorgrad: bool = True) -> list[Method]:
-    """The methods of the main tables, AdamW first (the reference of every ratio)."""
-    methods = [
-        Method("adamw", "AdamW (torch)", "torch"),
-        Method(
-            "neuralop_galore_0.25",
-            "neuralop AdamW + Tensor-GaLore r=0.25",
-            "neuralop",
-            (("rank", 0.25),),
-            note="neuraloperator 2.0's published implementation",
-        ),
-        _ours("complex_adamw", "complex AdamW (ours, no projection)", spectral_galore=False),
-        galore_matrix(1, 0.25),
-        galore_matrix(2, 0.25),
-        galore_matrix(3, 0.25),
-        tensor_galore(0.25),
-        tensor_galore(0.25, all_modes=True),
-        tensor_galore(0.5),
-    ]
-    cls = tensorgrad_class() if include_tensorgrad else None
-    if cls is not None:
-        import inspect
-
-        sig = inspect.signature(cls).parameters
-        rank, ratio = sig["rank"].default, sig["sparse_ratio"].default if "sparse_ratio" in sig else None
-        label = f"TensorGRaD r={rank:g}" + (f" + {100 * ratio:g}% sparse" if ratio is not None else "")
-        methods.append(Method("tensorgrad", label, "tensorgrad", note="app.optim.TensorGRaDAdamW, its defaults"))
-    return methods
-
-
-def sweep_methods(ranks: Sequence[float]) -> list[Method]:
-    """The rank sweep (the paper's Table 2 layout): Tensor-GaLore and GaLore d=1,2,3 at each rank."""
-    out = []
-    for r in ranks:
-        out += [tensor_galore(r), galore_matrix(1, r), galore_matrix(2, r), galore_matrix(3, r)]
-    return out
-
-
-# ============================================================================================ data
-
-
-@dataclass
-class TestSet:
-    """A test set: ``x`` normalised with the training statistics, ``y`` in physical units."""
-
-    __test__ = False  # not a pytest test class, despite its name
-
-    name: str
-    x: Tensor
-    y: Tensor
-    description: str = ""
-    zero_shot: bool = False
-
-
-@dataclass
-class Prepared:
-    """One dataset, ready to train on: tensors taken from a ``PDEDataModule`` after ``setup``."""
-
-    key: str
-    train_x: Tensor
-    train_y: Tensor
-    val_x: Tensor
-    val_y: Tensor
-    tests: list[TestSet]
-    y_mean: Tensor
-    y_std: Tensor
-    in_channels: int
-    out_channels: int
-    complex_data: bool
-    periodic: bool
-    model: dict[str, Any]
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare(key: str, dm, *, model: dict[str, Any], periodic: bool, extra_tests: Sequence[TestSet] = ()) -> Prepared:
-    """Generate or read ``dm``'s data and take its splits (inputs normalised by the datamodule)."""
-    dm.prepare_data()
-    dm.setup("fit")
-    train, val = dm.train_dataloader().dataset, dm.val_dataloader().dataset
-    loaders = dm.test_dataloader()
-    loaders = loaders if isinstance(loaders, list) else [loaders]
-    tests = [
-        TestSet(name, loader.dataset.x, loader.dataset.y, zero_shot=i > 0)
-        for i, (name, loader) in enumerate(zip(dm.test_names, loaders, strict=True))
-    ]
-    return Prepared(
-        key=key,
-        train_x=train.x,
-        train_y=train.y,
-        val_x=val.x,
-        val_y=val.y,
-        tests=tests + list(extra_tests),
-        y_mean=torch.as_tensor(dm.y_mean),
-        y_std=torch.as_tensor(dm.y_std),
-        in_channels=dm.in_channels,
-        out_channels=dm.out_channels,
-        complex_data=bool(dm.complex_data),
-        periodic=periodic,
-        model=dict(model),
-        info={"n_train": len(train.x), "n_val": len(val.x), "grid": list(train.x.shape[2:])},
-    )
-
-
-# ============================================================================================ training
-
-
-def build(data: Prepared, method: Method, hp: Hyper, seed: int, total_steps: int):
-    """The module (same initialisation for every method at a given seed), its optimizer and LR schedule."""
-    from app.models import FNO
-    from app.module import OperatorModule
-
-    torch.manual_seed(seed)
-    net = FNO(
-        in_channels=data.in_channels, out_channels=data.out_channels, complex_data=data.complex_data, **data.model
-    )
-
-    def cosine(opt: torch.optim.Optimizer):
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
-
-    module = OperatorModule(
-        model=net,
-        loss=RelativeL2Loss(),
-        optimizer=method.factory(hp),
-        scheduler=cosine,
-        scheduler_interval="step",
-        h1_periodic=data.periodic,
-        spectral_galore=method.spectral_galore,
-    )
-    module.y_mean.copy_(data.y_mean.to(module.y_mean.dtype))
-    module.y_std.copy_(data.y_std.to(module.y_std.dtype))
-    conf = module.configure_optimizers()
-    return module, conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-
-
-@torch.no_grad()
-def evaluate(module: nn.Module, x: Tensor, y: Tensor, *, periodic: bool, chunk: int = 64) -> dict[str, float]:
-    """Mean per-sample relative L2 and H1 errors of ``module`` (predicting physical units) on ``(x, y)``."""
-    was_training = module.training
-    module.eval()
-    l2, h1 = [], []
-    for i in range(0, len(x), chunk):
-        pred, target = module(x[i : i + chunk]), y[i : i + chunk]
-        l2.append(relative_l2(pred, target))
-        h1.append(relative_h1(pred, target, periodic=periodic))
-    module.train(was_training)
-    return {"l2": torch.cat(l2).mean().item(), "h1": torch.cat(h1).mean().item()}
-
-
-def _refresh_count(optimizer: torch.optim.Optimizer) -> int:
-    """Subspace refreshes done so far (ours: the ``refreshes`` counters; others: 0)."""
-    n = 0
-    for state in optimizer.state.values():
-        r = state.get("refreshes") if isinstance(state, dict) else None
-        if isinstance(r, Tensor):
-            n += int(r)
-    return n
-
-
-def predicted_state_bytes(optimizer: torch.optim.Optimizer) -> int | None:
-    """``app.memory_estimate``'s prediction of the state, where it has a model of the optimizer."""
-    from app.memory_estimate import predict_state_bytes
-
+def _run_job(args: list[str], out: Path) -> None:
     try:
-        return predict_state_bytes(optimizer)
-    except NotImplementedError:
-        return None
+        result = run_product(args)
+    except Exception as err:  # noqa: BLE001 - one failed run is a result of the study, not the end of it
+        log.exception("run failed: %s", out)
+        result = {"failure": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500],
+                  "tests": {}, "train": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def train_run(data: Prepared, method: Method, hp: Hyper, seed: int, *, epochs: int, batch_size: int) -> dict[str, Any]:
-    """Train ``method`` on ``data`` for ``epochs`` epochs from seed ``seed``; return the measurements."""
-    n = len(data.train_x)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    release_freed_memory()
-    module, opt, sched = build(data, method, hp, seed, total)
-    order = torch.Generator().manual_seed(10_007 * seed + 1)
-    have_peak = reset_peak_rss()
-    rss0 = rss_bytes()["rss"]
-    step_s: list[float] = []
-    refresh_steps: list[int] = []
-    curve: list[dict[str, float]] = []
-    failure = None
-    refreshes = 0
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=order)
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            x, y = data.train_x[idx], data.train_y[idx]
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = module.loss_fn(module(x), y)
-            loss.backward()
-            try:
-                opt.step()
-            except FloatingPointError as err:  # TensorGaLoreAdamW's NonFiniteGradientError
-                failure = f"non-finite gradient at step {step}: {err}"
-            step_s.append(time.perf_counter() - t0)
-            sched.step()
-            if failure is None and not math.isfinite(loss.item()):
-                failure = f"non-finite loss at step {step}"
-            if failure:
-                break
-            now = _refresh_count(opt)
-            if now != refreshes:
-                refresh_steps.append(step)
-                refreshes = now
-            losses.append(loss.item())
-            step += 1
-        if failure:
-            break
-        val = evaluate(module, data.val_x, data.val_y, periodic=data.periodic)
-        curve.append({"epoch": epoch + 1, "step": step, "train_loss": statistics.fmean(losses), "val_l2": val["l2"]})
-    wall = time.perf_counter() - start
-    rss = rss_bytes()
-    mem = memory_row(module.model, opt)
-    out: dict[str, Any] = {
-        "dataset": data.key,
-        "method": method.key,
-        "seed": seed,
-        "epochs": epochs,
-        "steps": step,
-        "failure": failure,
-        "memory": mem,
-        "state_predicted": predicted_state_bytes(opt),
-        "spectral": spectral_state_bytes(module.model, opt),
-        "kept_fraction": kept_fraction(module.model, opt),
-        "step_s_median": statistics.median(step_s[1:]) if len(step_s) > 1 else None,
-        "first_step_s": step_s[0] if step_s else None,
-        "refresh_steps": refresh_steps,
-        "wall_s": wall,
-        "rss_start": rss0,
-        "peak_rss": rss["peak"] if have_peak else None,
-        "curve": curve,
-        "tests": {},
-    }
-    if failure is None:
-        for t in data.tests:
-            out["tests"][t.name] = evaluate(module, t.x, t.y, periodic=data.periodic)
-    return out
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="JSON file the run's measurements go to (with -- <tgalore args>)")
+    parser.add_argument("--jobs", type=Path, help="JSON list of {out, args}: several runs, one after another")
+    opts = parser.parse_args(argv[:split])
+    if (opts.out is None) == (opts.jobs is None) or (opts.out is not None and split == len(argv)):
+        parser.error("give either --out RESULT.json -- <tgalore fit arguments>, or --jobs JOBS.json")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+    jobs = json.loads(opts.jobs.read_text()) if opts.jobs else [{"out": str(opts.out), "args": argv[split + 1 :]}]
+    for job in jobs:
+        _run_job(list(job["args"]), Path(job["out"]))
+    return 0
 
 
-# ============================================================================================ timing
-
-
-def _force_refresh(optimizer: torch.optim.Optimizer) -> Callable[[], None] | None:
-    """A function that makes the next step refresh every subspace, and undoes any temporary change after it;
-    None for optimizers without subspaces."""
-    if hasattr(optimizer, "request_refresh"):
-        if not any(g.get("galore") for g in optimizer.param_groups):
-            return None
-        return optimizer.request_refresh
-    projectors = [s["projector"] for s in optimizer.state.values() if isinstance(s, dict) and "projector" in s]
-    if not projectors:
-        return None
-
-    def neuralop_refresh() -> None:
-        # TensorGaLoreProjector.project recomputes only when ``proj_tensor is None and step % gap == 0``
-        for pr in projectors:
-            pr._bench_gap = pr.update_proj_gap
-            pr.proj_tensor, pr.update_proj_gap = None, 1
-
-    return neuralop_refresh
-
-
-def _undo_force(optimizer: torch.optim.Optimizer) -> None:
-    for s in optimizer.state.values():
-        pr = s.get("projector") if isinstance(s, dict) else None
-        if pr is not None and hasattr(pr, "_bench_gap"):
-            pr.update_proj_gap = pr._bench_gap
-            del pr._bench_gap
-
-
-def time_methods(
-    data: Prepared,
-    methods: Sequence[Method],
-    hp: Hyper,
-    *,
-    batch_size: int,
-    rounds: int,
-    steps: int,
-    refresh_repeats: int = 3,
-    warmup: int = 3,
-    seed: int = 0,
-) -> dict[str, dict[str, Any]]:
-    """Median training-step time of every method, interleaved round-robin in this process on one fixed batch.
-
-    Each round runs ``steps`` steps of every method (the order rotates between rounds). ``step_s`` is the median
-    over all of a method's timed steps; ``ratio`` is the median over rounds of its mean step over AdamW's (the first
-    method) in the same round, so a change of machine load between rounds cancels (``ratio_iqr``: the quartiles of
-    those per-round ratios, the spread the load leaves). Then each method with subspaces
-    runs ``refresh_repeats`` pairs (an ordinary step, then a step with a requested refresh); ``refresh_extra_s`` is
-    the median difference within the pairs, and ``refresh_share`` the share of training time refreshes take at
-    ``update_proj_gap`` (see :func:`refresh_share`). The optimizers are built without automatic refreshes, so
-    no ordinary timed step includes one whatever ``rounds * steps``.
-    """
-    x, y = data.train_x[:batch_size], data.train_y[:batch_size]
-    runs = {}
-    no_auto_refresh = replace(hp, update_proj_gap=10**9)  # refreshes are timed separately, below
-    for m in methods:
-        module, opt, _ = build(data, m, no_auto_refresh, seed, 1)
-        runs[m.key] = (module, opt)
-
-    def one_step(module, opt) -> float:
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        module.loss_fn(module(x), y).backward()
-        opt.step()
-        return time.perf_counter() - t0
-
-    for module, opt in runs.values():
-        for _ in range(warmup):
-            one_step(module, opt)
-    times: dict[str, list[float]] = {m.key: [] for m in methods}
-    per_round: dict[str, list[float]] = {m.key: [] for m in methods}
-    keys = [m.key for m in methods]
-    for r in range(rounds):
-        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
-            slot = [one_step(*runs[k]) for _ in range(steps)]
-            times[k] += slot
-            per_round[k].append(statistics.fmean(slot))
-    out: dict[str, dict[str, Any]] = {}
-    base = per_round[keys[0]]
-    base_med = statistics.median(times[keys[0]])
-    gap = hp.update_proj_gap
-    for m in methods:
-        module, opt = runs[m.key]
-        med = statistics.median(times[m.key])
-        ratios = [t / b for t, b in zip(per_round[m.key], base, strict=True)]
-        ratio = statistics.median(ratios)
-        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratio] * 3
-        entry: dict[str, Any] = {
-            "step_s": med,
-            "ratio": ratio,
-            "ratio_iqr": [quartiles[0], quartiles[2]],
-            "n": len(times[m.key]),
-        }
-        force = _force_refresh(opt)
-        if force is not None:
-            extra, refresh = [], []
-            for _ in range(refresh_repeats):
-                plain = one_step(module, opt)
-                force()
-                refresh.append(one_step(module, opt))
-                _undo_force(opt)
-                extra.append(refresh[-1] - plain)
-            entry["refresh_step_s"] = statistics.median(refresh)
-            entry["refresh_extra_s"] = max(statistics.median(extra), 0.0)
-            entry["refresh_share"] = refresh_share(med, entry["refresh_extra_s"], gap)
-            amortised = entry["refresh_extra_s"] / gap / base_med if gap else 0.0
-            entry["ratio_with_refresh"] = ratio + amortised
-        else:
-            entry.update(refresh_step_s=None, refresh_extra_s=0.0, refresh_share=0.0, ratio_with_refresh=ratio)
-        out[m.key] = entry
-    return out
-
-
-def quiet_lightning() -> None:
-    """OperatorModule is used outside a Trainer here; silence the warnings that only make sense inside one."""
-    warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-    warnings.filterwarnings("ignore", message=".*self.trainer.*")
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,8 +10,9 @@ For complex64 gradients of FNO spectral-weight shapes at rank 0.25, measured sid
   ``||core||^2 / ||G||^2`` of both on a gradient with a decaying spectrum and on a random one;
 * optimizer state bytes against AdamW's.
 
-Unless ``--quick``, it also trains with each ``refresh_moments`` rule (and AdamW) on two small tasks, the
-evidence for the default rule.
+Unless ``--quick``, it also compares the ``refresh_moments`` rules (and AdamW): on a complex least-squares problem
+(a bare parameter, plain PyTorch) and on Darcy 16x16 through the product (``tgalore fit`` runs of
+``bench.harness``, study ``refresh_moments`` of ``bench.studies``), the evidence for the default rule.
 
 Run ``python -m bench.optim_bench`` (a few minutes on 2 CPU cores) or ``python -m bench.optim_bench --quick``
 (one shape, fewer repeats, no training study; prints without writing).
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,7 +33,7 @@ import torch
 
 from app.memory import adamw_state_bytes
 from app.optim import TensorGaLoreAdamW, tucker
-from bench import markdown
+from bench import harness, markdown
 
 log = logging.getLogger("bench.optim_bench")
 
@@ -169,48 +169,29 @@ def lsq_task(seed: int, rule: str | None, steps: int = 400) -> float:
     return _rel(w.detach(), w_true)
 
 
-def fno_task(seed: int, rule: str | None, steps: int = 300, lr: float = 1e-2) -> float:
-    """Teacher-student FNO on random 16x16 fields (hidden 16, 8x8 modes, 2 layers; spectral weights
-    (16, 16, 8, 5) complex): Tensor-GaLore rank 0.25, gap 50 on the spectral weights, AdamW on the rest; batch
-    16, cosine LR; returns the held-out relative L2 error."""
-    from neuralop.models import FNO
+def darcy_refresh_study(seeds: int, steps: int = 1000) -> dict[str, list[float]]:
+    """Test relative L2 on Darcy 16x16 per rule (and AdamW) and seed, from product runs (study ``refresh_moments``)."""
+    from dataclasses import replace
 
-    from app.param_groups import split_param_groups
+    from bench import studies, tables
 
-    def make():
-        return FNO(n_modes=(8, 8), in_channels=1, out_channels=1, hidden_channels=16, n_layers=2)
-
-    torch.manual_seed(1000)
-    teacher = make()
-    x, x_test = torch.randn(256, 1, 16, 16), torch.randn(64, 1, 16, 16)
-    with torch.no_grad():
-        y, y_test = teacher(x), teacher(x_test)
-    torch.manual_seed(seed)
-    model = make()
-    if rule is None:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    else:
-        opt = TensorGaLoreAdamW(split_param_groups(model), lr=lr, rank=RANK, update_proj_gap=50, refresh_moments=rule)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, 256, (16,), generator=gen)
-        loss = (model(x[idx]) - y[idx]).square().mean() / y[idx].square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    with torch.no_grad():
-        return _rel(model(x_test), y_test)
+    study = replace(studies.STUDIES["refresh_moments"], seeds=tuple(range(seeds)), steps=steps)
+    results = tables.run_study(study, Path(__file__).resolve().parent / "out" / "runs")
+    out = {}
+    for m in study.methods:
+        runs = tables.ok(tables.select(results, study.datasets[0].key, m.key))
+        if len(runs) != seeds:
+            raise RuntimeError(f"{m.label}: {seeds - len(runs)} of {seeds} runs failed or were not run")
+        out[m.key.removeprefix("tg_refresh_")] = [r["tests"][tables._main_key(r)] for r in runs]
+    return out
 
 
 def refresh_moments_study(seeds: int) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {}
-    for task_name, task in (("lsq", lsq_task), ("fno", fno_task)):
-        out[task_name] = {}
-        for rule in ("keep", "project", "reset", None):
-            out[task_name][rule or "adamw"] = [task(s, rule) for s in range(seeds)]
-            log.info("%s %s %s", task_name, rule or "adamw", out[task_name][rule or "adamw"])
+    out: dict[str, dict[str, list[float]]] = {"lsq": {}}
+    for rule in ("keep", "project", "reset", None):
+        out["lsq"][rule or "adamw"] = [lsq_task(s, rule) for s in range(seeds)]
+        log.info("lsq %s %s", rule or "adamw", out["lsq"][rule or "adamw"])
+    out["darcy"] = darcy_refresh_study(seeds)
     return out
 
 
@@ -218,23 +199,8 @@ def refresh_moments_study(seeds: int) -> dict[str, dict[str, list[float]]]:
 
 
 def hardware_line(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import tensorly
-
-    line = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"tensorly {tensorly.__version__}, Python {platform.python_version()}"
-    )
-    if LOAD_AT_START is not None:
-        line += f"; 1-min load average {LOAD_AT_START:.1f} before the run (other processes)"
-    if device.type == "cuda":
-        line = f"{torch.cuda.get_device_name(device)} (host: {line})"
-    return line
+    line = harness.hardware_line({**harness.hardware(), "load": LOAD_AT_START})
+    return f"{torch.cuda.get_device_name(device)} (host: {line})" if device.type == "cuda" else line
 
 
 def render(rows: list[dict], study: dict | None, device: torch.device, command: str, repeats: int) -> str:
@@ -301,16 +267,16 @@ def render(rows: list[dict], study: dict | None, device: torch.device, command: 
             "| complex least squares (16,16,8,5), gap 25: ‖W−W*‖/‖W*‖ | "
             + " | ".join(cell(study["lsq"][k]) for k in ("keep", "project", "reset", "adamw"))
             + " |",
-            "| teacher-student FNO, 300 steps, gap 50, lr 1e-2: test rel. L2 | "
-            + " | ".join(cell(study["fno"][k]) for k in ("keep", "project", "reset", "adamw"))
+            "| Darcy 16×16 through `tgalore fit` (FNO 16 channels, 8×8 modes), 1,000 steps, gap 50: test rel. L2 | "
+            + " | ".join(cell(study["darcy"][k]) for k in ("keep", "project", "reset", "adamw"))
             + " |",
             "",
             "Per seed (same initialisation and batches for every rule), `reset` beats `project` on "
-            + ", ".join(f"{task} {wins(task, 'reset', 'project')}" for task in ("lsq", "fno"))
+            + ", ".join(f"{task} {wins(task, 'reset', 'project')}" for task in ("lsq", "darcy"))
             + " seeds and AdamW on "
-            + ", ".join(f"{task} {wins(task, 'reset', 'adamw')}" for task in ("lsq", "fno"))
-            + ". Details in `bench/optim_bench.py` (`lsq_task`, `fno_task`). Default: `reset`, the best on the "
-            "FNO task when it was chosen and in the run above; `keep` misaligns coordinates after a refresh.",
+            + ", ".join(f"{task} {wins(task, 'reset', 'adamw')}" for task in ("lsq", "darcy"))
+            + ". Details in `bench/optim_bench.py` (`lsq_task`) and `bench/studies.py` (study `refresh_moments`). "
+            "Default: `reset`; `keep` misaligns coordinates after a refresh.",
         ]
     return "\n".join(lines) + "\n"
 

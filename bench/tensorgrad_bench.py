@@ -10,40 +10,37 @@ variants given as overrides (``composition="sparse_first"``; bfloat16 rounded to
    checked to agree.
 2. **Step time** on that weight, between refreshes, as a ratio to ``torch.optim.AdamW``'s step on the same
    gradient, measured in one process with interleaved repeats (medians); and the extra time of a refresh step.
-3. **Darcy test error**: a small FNO trained with each optimizer on neuraloperator's 16x16 Darcy set
-   (``../shared/data/neuralop``; the generated default Darcy set if absent), for several seeds (same
-   initialisation and batch order for every optimizer of a seed); relative L2 of the final model on the test set.
+3. **Darcy test error**: an FNO trained with each row's config through the product (``tgalore fit`` runs of
+   ``bench.harness``; study ``tensorgrad`` of ``bench.studies``) on neuraloperator's 16x16 Darcy set
+   (``../shared/data/neuralop``), 3 seeds, 1,000 steps; relative L2 of the final model on the test set.
 
-Run ``python -m bench.tensorgrad_bench`` (about 10 minutes on a busy 2-core CPU) or with ``--quick`` (fewer
-epochs, seeds and repeats; prints without writing).
+Run ``python -m bench.tensorgrad_bench`` (about 25 minutes on a busy 2-core CPU; set ``BENCH_LAUNCHER`` as for
+``bench.tables``) or with ``--quick`` (20 steps, 1 seed, 5 repeats; prints without writing).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from app.memory import optimizer_state_bytes
 from app.memory_estimate import predict_state_bytes
-from bench import markdown
+from bench import harness, markdown, studies
 
 log = logging.getLogger("bench.tensorgrad_bench")
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- tensorgrad:start -->", "<!-- tensorgrad:end -->"
 SHAPE = (64, 64, 32, 17)  # a spectral weight (in, out, modes_x, modes_y // 2 + 1), as in bench/optim_bench.py
-DARCY = REPO.parent / "shared" / "data" / "neuralop"
 LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 # row name -> (config file, overrides of its init_args)
@@ -60,12 +57,24 @@ ROWS: dict[str, tuple[str, dict]] = {
 
 
 def optimizer_factory(config: str, overrides: dict) -> tuple[Callable, dict]:
-    """``(make(params) -> optimizer, init_args)`` from ``configs/optim/<config>`` and ``overrides``."""
-    spec = yaml.safe_load((REPO / "configs" / "optim" / config).read_text())["model"]["optimizer"]
-    module, _, name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    kwargs = {**spec.get("init_args", {}), **overrides}
-    return (lambda params: cls(params, **kwargs)), kwargs
+    """``(make(params) -> optimizer, init_args)`` of ``configs/optim/<config>`` with ``overrides``, built by the
+    product's own parser (``cli_main(run=False)`` over `the default job's configs`); ``init_args`` are the file's
+    values and the overrides (what the row states)."""
+    import tempfile
+    import warnings
+
+    import yaml
+
+    from app.cli import cli_main
+
+    path = REPO / "configs" / "optim" / config
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        delta = Path(tmp) / "delta.yaml"  # the overrides, as a config delta
+        delta.write_text(yaml.safe_dump({"model": {"optimizer": {"init_args": overrides}}}))
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = cli_main(["-c", str(path), "-c", str(delta)], run=False)
+    stated = yaml.safe_load(path.read_text())["model"]["optimizer"].get("init_args", {})
+    return cli.model.optimizer_factory, {**stated, **overrides}
 
 
 # ----------------------------------------------------------------------------------------------- memory and time
@@ -118,104 +127,38 @@ def measure_weight(repeats: int) -> dict[str, dict]:
 # ----------------------------------------------------------------------------------------------- Darcy training
 
 
-def darcy_data() -> tuple[dict[str, torch.Tensor], str]:
-    """Encoded training inputs, physical outputs, test set and the output statistics; and a description."""
-    from datamodules.darcy import DarcyDataModule
+def darcy_study(seeds: int, steps: int) -> tuple[dict[str, list[float]], str, float]:
+    """Test relative L2 per row and seed, from product runs of study ``tensorgrad`` (``bench.studies``)."""
+    from bench import tables
 
-    if (DARCY / "darcy_train_16.pt").is_file():
-        dm = DarcyDataModule(
-            train_file=str(DARCY / "darcy_train_16.pt"),
-            test_files=[str(DARCY / "darcy_test_16.pt")],
-            n_train=1000,
-            n_test=50,
-            batch_size=32,
-        )
-        source = "neuraloperator's Darcy 16x16 (`../shared/data/neuralop`, 900 train / 50 test)"
-    else:
-        dm = DarcyDataModule(batch_size=32, data_dir=str(REPO / "data"))
-        dm.prepare_data()
-        source = "the generated default Darcy set (33x33, 900 train / 100 test)"
-    dm.setup("fit")
-    train = dm.train_dataloader().dataset
-    test = dm.test_dataloader()
-    test = (test[0] if isinstance(test, list) else test).dataset
-    data = {
-        "x": train.x,
-        "y": train.y,
-        "x_test": test.x,
-        "y_test": test.y,
-        "y_mean": torch.as_tensor(dm.y_mean).view(1, -1, 1, 1),
-        "y_std": torch.as_tensor(dm.y_std).view(1, -1, 1, 1),
-    }
-    return data, source
-
-
-MODEL = dict(n_modes=(8, 8), hidden_channels=32, n_layers=4)
-
-
-def train_darcy(make: Callable, data: dict, seed: int, epochs: int, batch_size: int = 32) -> float:
-    """Train a small FNO (``MODEL``) with cosine LR over ``epochs``; return the test relative L2 (mean)."""
-    from app.metrics import relative_l2
-    from app.models import FNO
-    from app.param_groups import split_param_groups
-
-    torch.manual_seed(seed)
-    model = FNO(in_channels=1, out_channels=1, **MODEL)
-    opt = make(split_param_groups(model))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    x, y, n = data["x"], data["y"], len(data["x"])
-
-    def predict(inp):
-        return model(inp) * data["y_std"] + data["y_mean"]
-
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        for i in range(0, n - batch_size + 1, batch_size):
-            idx = order[i : i + batch_size]
-            loss = relative_l2(predict(x[idx]), y[idx]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    with torch.no_grad():
-        return float(relative_l2(predict(data["x_test"]), data["y_test"]).mean())
-
-
-def darcy_study(seeds: int, epochs: int) -> tuple[dict[str, list[float]], str, float]:
-    data, source = darcy_data()
-    errors: dict[str, list[float]] = {name: [] for name in ROWS}
-    t0 = time.perf_counter()
-    for seed in range(seeds):
-        for name, (config, overrides) in ROWS.items():
-            make, _ = optimizer_factory(config, overrides)
-            errors[name].append(train_darcy(make, data, seed, epochs))
-            log.info(
-                "seed %d %-42s test rel. L2 %.4f (%.0f s so far)",
-                seed,
-                name,
-                errors[name][-1],
-                time.perf_counter() - t0,
-            )
-    return errors, source, time.perf_counter() - t0
+    methods = tuple(
+        studies.Method(f"row{i}", name, (f"configs/optim/{config}",), {"model": {"optimizer": {"init_args": o}}})
+        for i, (name, (config, o)) in enumerate(ROWS.items())
+    )
+    study = replace(studies.STUDIES["tensorgrad"], methods=methods, seeds=tuple(range(seeds)), steps=steps)
+    results = tables.run_study(study, REPO / "bench" / "out" / "runs")
+    errors: dict[str, list[float]] = {}
+    for m in methods:
+        runs = tables.ok(tables.select(results, study.datasets[0].key, m.key))
+        if len(runs) != seeds:
+            raise RuntimeError(f"{m.label}: {seeds - len(runs)} of {seeds} runs failed or were not run")
+        errors[m.label] = [r["tests"][tables._main_key(r)] for r in runs]
+    seconds = sum(r.get("process_s", 0.0) for r in results)
+    source = (
+        f"neuraloperator's Darcy 16x16 (`../shared/data/neuralop`, 900 train / 50 test), {study.note}, "
+        f"{steps} steps per run through `tgalore fit` (`bench.studies`, study `tensorgrad`)"
+    )
+    return errors, source, seconds
 
 
 # ----------------------------------------------------------------------------------------------- report
 
 
 def hardware_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    line = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s))"
-    if LOAD_AT_START is not None:
-        line += f"; 1-min load average {LOAD_AT_START:.1f} before the run (other processes)"
-    return line
+    return harness.hardware_line({**harness.hardware(), "load": LOAD_AT_START})
 
 
-def render(weight: dict, study: tuple | None, command: str, repeats: int, epochs: int) -> str:
+def render(weight: dict, study: tuple | None, command: str, repeats: int, steps: int) -> str:
     adamw = weight["AdamW"]
     lines = [
         "## TensorGRaD: low-rank + sparse gradients, bfloat16 state (issue 5)",
@@ -255,11 +198,10 @@ def render(weight: dict, study: tuple | None, command: str, repeats: int, epochs
 
         lines += [
             "",
-            f"### Darcy test error ({n} seeds, {epochs} epochs; mean ± sd; lower is better)",
+            f"### Darcy test error ({n} seeds, {steps} steps; mean ± sd; lower is better)",
             "",
-            f"Data: {source}. FNO n_modes {MODEL['n_modes']}, {MODEL['hidden_channels']} channels, "
-            f"{MODEL['n_layers']} layers (spectral weights {(32, 32, 8, 5)}), batch 32, relative-L2 loss, cosine LR "
-            f"over the epochs, optimizer settings from the config files; {seconds / 60:.1f} min for all runs.",
+            f"Data: {source}; spectral weights (32, 32, 8, 5), relative-L2 loss, per-step cosine LR, optimizer "
+            f"settings from the config files, final model tested; {seconds / 60:.1f} min in the runs' processes.",
             "",
             "| optimizer | test rel. L2 | per seed | vs TensorGRaD (same seed) |",
             "|---|---:|---|---:|",
@@ -295,9 +237,9 @@ def write_section(path: Path, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, 5 repeats; print, no write")
+    parser.add_argument("--quick", action="store_true", help="20 steps, 1 seed, 5 repeats; print, no write")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the Darcy study (default 3)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs per run (default 20)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps per training run (default 1000)")
     parser.add_argument("--repeats", type=int, default=21, help="timing repeats (default 21)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a busy CPU)")
     parser.add_argument("--no-darcy", action="store_true", help="skip the training study")
@@ -307,16 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.seeds, args.epochs, args.repeats = 1, 2, 5
+        args.seeds, args.steps, args.repeats = 1, 20, 5
 
     weight = measure_weight(args.repeats)
     for name, r in weight.items():
         log.info("%-42s state %d B (predicted %d), step %.1f ms", name, r["bytes"], r["predicted"], r["step"] * 1e3)
-    study = None if args.no_darcy else darcy_study(args.seeds, args.epochs)
+    study = None if args.no_darcy else darcy_study(args.seeds, args.steps)
     command = "python -m bench.tensorgrad_bench" + (
         " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
     )
-    body = render(weight, study, command, args.repeats, args.epochs)
+    body = render(weight, study, command, args.repeats, args.steps)
     sys.stdout.write(body)
     if not (args.quick or args.no_write):
         write_section(args.output, body)

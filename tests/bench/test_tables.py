@@ -1,123 +1,73 @@
-"""The benchmark end to end in its tiny mode (two methods, one generated dataset, a few steps), and its pieces."""
+"""bench.tables: the tables and the regularisation reading from results, and the tiny mode end to end."""
 
 from __future__ import annotations
 
 import json
-import math
-import re
 
 import pytest
-import torch
 
-from bench import tables
-from bench.harness import Prepared, TestSet
+from bench import studies, tables
 
 
-def _tables(markdown: str) -> list[list[str]]:
-    """Every markdown table (a run of lines starting with '|') as its list of lines."""
-    out, cur = [], []
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cur.append(line)
-        elif cur:
-            out.append(cur)
-            cur = []
-    if cur:
-        out.append(cur)
-    return out
+def _run(dataset, method, seed, test, train, name="res16"):
+    return {"study": "s", "dataset": dataset, "method": method, "seed": seed, "failure": None, "test_names": [name],
+            "tests": {f"test/l2_{name}": test, f"test/h1_{name}": 2 * test,
+                      **{f"test_band/{b}_{name}": test for b in tables.BANDS}},
+            "train": {"test/l2_train": train}, "steps": 10, "fit_s": 1.0, "state_bytes": 50,
+            "adamw_state_bytes": 100, "n_train": 100, "process_s": 2.0}
 
 
-def test_tiny_mode_writes_a_well_formed_section_json_and_plots_and_keeps_other_sections(tmp_path):
+def _reg_study(methods):
+    return studies.Study("regularisation", "t", studies.STUDIES["regularisation"].datasets[:1], methods, (0, 1, 2))
+
+
+def test_paired_changes_and_verdicts():
+    m, sd, n, wins = tables.paired({0: 0.9, 1: 0.8, 2: 0.85}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert (n, wins) == (3, 3) and m == pytest.approx(-0.15)
+    assert tables.verdict(m, sd, n) == "lower"
+    assert tables.verdict(0.01, 0.2, 3) == "within noise" and tables.verdict(0.1, 0.0, 3) == "higher"
+    assert "lower on 3/3" in tables.paired_cell({0: 0.9, 1: 0.8, 2: 0.85}, {0: 1.0, 1: 1.0, 2: 1.0})
+
+
+def test_the_claim_holds_only_for_lower_test_error_with_a_smaller_gap():
+    d = studies.STUDIES["regularisation"].datasets[0].key
+    tg = studies.tensor_galore(0.25)
+    study = _reg_study((studies.ADAMW, tg))
+    base = [_run(d, "adamw", s, 0.20 + 0.001 * s, 0.10) for s in range(3)]
+    better = [_run(d, tg.key, s, 0.15 + 0.001 * s, 0.10) for s in range(3)]
+    text = "\n".join(tables.render_regularisation(study, base + better))
+    assert "**The claim holds here**" in text and "−24.9%" in text
+    assert "channel modes: low −24.9%, mid −24.9%, high −24.9%" in text  # the band errors moved with the test L2
+    worse = [_run(d, tg.key, s, 0.25 + 0.001 * s, 0.10) for s in range(3)]
+    text = "\n".join(tables.render_regularisation(study, base + worse))
+    assert "does not hold here" in text and "higher in 1" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert len(table) == 3 and "0.1000 ± 0.0000" in table[1]  # header + AdamW + Tensor-GaLore; train column
+
+
+def test_runs_not_done_are_listed_with_the_command_never_estimated():
+    d = studies.STUDIES["regularisation"].datasets[0].key
+    study = _reg_study((studies.ADAMW,))
+    results = [tables._not_run(spec) for spec in studies.specs(study)]
+    saved = {"meta": {"command": "c", "mode": "full", "steps": None, "hardware": {"cpu": "x", "cores": 2,
+                                                                                 "torch": "t"}},
+             "studies": ["regularisation"], "results": results}
+    text = tables.render(saved)
+    assert "Not run: `python -m bench.tables --studies regularisation`" in text and d in text
+    assert "study `main`: `python -m bench.tables --studies main`" in text
+
+
+@pytest.mark.slow
+def test_tiny_mode_trains_through_the_product_and_writes_only_its_section(tmp_path):
     md = tmp_path / "BENCHMARKS.md"
-    other = "<!-- optim-bench:start -->\nsomeone else's table\n<!-- optim-bench:end -->"
-    md.write_text(f"# Benchmarks\n\n{other}\n")
-    out = tmp_path / "results"
-    assert (
-        tables.main(["--tiny", "--data-dir", str(tmp_path / "data"), "--output", str(md), "--results-dir", str(out)])
-        == 0
-    )
-
+    md.write_text("# Benchmarks\n\n<!-- memory:start -->\nsomeone else's table\n<!-- memory:end -->\n")
+    out = tmp_path / "tables.json"
+    argv = ["--tiny", "--studies", "regularisation", "--steps", "2", "--output", str(md), "--results", str(out),
+            "--work-dir", str(tmp_path / "runs")]
+    assert tables.main(argv) == 0
+    saved = json.loads(out.read_text())
+    assert len(saved["results"]) == 8 and not any(r.get("failure") for r in saved["results"])
+    assert all(r["steps"] == 2 and r["command"].startswith("python -m app fit") for r in saved["results"])
     text = md.read_text()
-    assert other in text  # untouched
-    section = text[text.index(tables.START) : text.index(tables.END)]
-    assert "python -m bench.tables --tiny" in section and "Hardware:" in section
-    for table in _tables(section):
-        cells = [len(re.findall(r"(?<!\\)\|", line)) for line in table]  # unescaped pipes
-        assert len(set(cells)) == 1, table  # every row has the header's column count
-        assert re.fullmatch(r"\|(---:?\|)+", table[1])
-    assert "| AdamW (torch) |" in section and "| Tensor-GaLore r=0.25 |" in section
-
-    res = json.loads((out / "tables_tiny.json").read_text())
-    runs = [r for r in res["runs"] if r["method"] in ("adamw", "tensor_galore_0.25")]
-    assert {(r["method"], r["seed"]) for r in runs} >= {(m, s) for m in ("adamw", "tensor_galore_0.25") for s in (0, 1)}
-    for r in runs:
-        assert r["failure"] is None
-        assert r["memory"]["total"] == r["memory"]["params"] + r["memory"]["grads"] + r["memory"]["state"]
-        assert all(0 < v["l2"] < 10 and 0 < v["h1"] < 10 for v in r["tests"].values())
-    assert tables.state_of(res, "darcy_gen", "tensor_galore_0.25") < tables.state_of(res, "darcy_gen", "adamw")
-    timing = res["timing"]["darcy_gen"]
-    assert timing["adamw"]["ratio"] == 1.0 and timing["tensor_galore_0.25"]["refresh_step_s"] > 0
-    for name in ("rank_sweep", "memory", "curves"):
-        assert (out / f"tables_tiny_{name}.png").stat().st_size > 0
-        assert f"tables_tiny_{name}.png" in section
-
-
-def test_write_section_replaces_only_its_own_markers(tmp_path):
-    md = tmp_path / "B.md"
-    md.write_text("# B\n\n<!-- a:start -->\nA\n<!-- a:end -->\n")
-    tables.write_section(md, "first\n")
-    tables.write_section(md, "second\n")
-    text = md.read_text()
-    assert text.count(tables.START) == 1 and "second" in text and "first" not in text
-    assert text.startswith("# B\n\n<!-- a:start -->\nA\n<!-- a:end -->\n")
-
-
-def test_verdict_calls_a_difference_only_beyond_two_standard_errors():
-    assert tables.verdict(-0.10, 0.01, 3) == "better"
-    assert tables.verdict(0.10, 0.01, 3) == "worse"
-    assert tables.verdict(0.01, 0.05, 3) == "within noise"
-    assert tables.verdict(math.nan, math.nan, 0) == "n/a"
-
-
-class _FakeDM:
-    """What neuralop_zero_shot reads from the datamodules: train outputs and the input (de)normalisation."""
-
-    def __init__(self, train_y, x_mean=0.0, x_std=1.0):
-        self._y, self.m, self.s = train_y, x_mean, x_std
-
-    def train_dataloader(self):
-        return type("L", (), {"dataset": type("D", (), {"y": self._y})()})()
-
-    def encode_x(self, x):
-        return (x - self.m) / self.s
-
-    def decode_x(self, x):
-        return x * self.s + self.m
-
-
-def test_zero_shot_set_is_on_neuralops_grid_in_its_encoding_with_a_training_mean_scale():
-    g = torch.Generator().manual_seed(0)
-    a = torch.where(torch.rand(3, 1, 33, 33, generator=g) > 0.5, 12.0, 3.0)
-    u = torch.rand(3, 1, 33, 33, generator=g)
-    gen_train_y = torch.full((4, 1, 33, 33), 0.01)
-    gen = Prepared(
-        "darcy_gen",
-        a,
-        gen_train_y,
-        a,
-        u,
-        [TestSet("res33", a, u)],
-        torch.zeros(1),
-        torch.ones(1),
-        1,
-        1,
-        False,
-        False,
-        {},
-    )
-    theirs = _FakeDM(torch.full((5, 1, 16, 16), 0.7), x_mean=0.5, x_std=0.5)
-    ts, info = tables.neuralop_zero_shot(theirs, gen, _FakeDM(None))
-    assert ts.x.shape == (3, 1, 32, 32) and ts.zero_shot
-    assert info["scale"] == pytest.approx(70.0)
-    assert torch.equal(ts.x, ((a[..., :32, :32] > 7.5).float() - 0.5) / 0.5)  # x = 1 where a = 12, then encoded
-    assert torch.allclose(ts.y, u[..., :32, :32] * info["scale"])
+    assert "someone else's table" in text and text.count(tables.START) == 1
+    assert "#### 100 training samples" in text and "**Reading**" in text
