@@ -27,7 +27,7 @@ from torch import nn
 from app.memory import tensor_bytes
 from app.optim import TensorGaLoreAdamW, group_layout, moment_itemsizes, sparse_state_bytes
 
-__all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
+__all__ = ["MemoryEstimate", "predict_state_bytes", "predict_param_state_bytes", "activation_bytes", "estimate_memory"]
 
 
 def _galore_param_state_bytes(p: torch.Tensor, group: dict, refreshes: int = 1) -> int:
@@ -56,21 +56,26 @@ def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) ->
     ``refreshes``: subspace refreshes each projected parameter has had (its first step is the first); from the
     second on, ``TensorGaLoreAdamW`` also keeps a float32 subspace-drift diagnostic per mode (``overlap``).
     """
-    total = 0
+    return sum(predict_param_state_bytes(optimizer, refreshes))
+
+
+def predict_param_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> list[int]:
+    """:func:`predict_state_bytes` per parameter, in param-group order (0 for a frozen parameter)."""
+    out = []
     for group in optimizer.param_groups:
         for p in group["params"]:
             if not p.requires_grad:
-                continue
-            if isinstance(optimizer, TensorGaLoreAdamW):
-                total += _galore_param_state_bytes(p, group, refreshes)
+                out.append(0)
+            elif isinstance(optimizer, TensorGaLoreAdamW):
+                out.append(_galore_param_state_bytes(p, group, refreshes))
             elif isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
                 moments = 3 if group.get("amsgrad") else 2
-                total += moments * tensor_bytes(p) + 4
+                out.append(moments * tensor_bytes(p) + 4)
             else:
                 raise NotImplementedError(
                     f"no state model for {type(optimizer).__name__}; supported: TensorGaLoreAdamW, Adam, AdamW"
                 )
-    return total
+    return out
 
 
 def activation_bytes(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:
