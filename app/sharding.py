@@ -36,6 +36,11 @@ Checkpoints: Lightning's ``Strategy.optimizer_state`` calls ``consolidate_state_
 rank 0's ``state_dict()``, which has the format and indices of the unsharded optimizer's; so a checkpoint resumes on
 any number of processes, sharded or not.
 
+Not exact across sharding: ``TensorGRaDAdamW``'s random choices (``sparse_type="randk"``, stochastic rounding of
+bfloat16 moments) are seeded by the parameter's position in *its* optimizer, which is the local one here, so they
+draw other (equally valid) random numbers than an unsharded run or a run on another number of processes; resume on
+the same number of processes stays exact. ``topk`` and ``nearest`` are exact.
+
 Subspace controls (:class:`ShardedTensorGaLore`): the only control channel is param-group keys. Keys written on the
 wrapper reach the local optimizers before the next step (torch's sync); keys written on a local optimizer would be
 overwritten by that sync, so ``request_refresh``/``set_rank`` validate on the local optimizer and write the wrapper.

@@ -36,9 +36,9 @@ def tiny_galore():
     return lambda: _build()[1]
 
 
-def _build(seed: int = 0):
+def _build(seed: int = 0, optimizer: str = "galore"):
     from app.models import FNO
-    from app.optim import TensorGaLoreAdamW
+    from app.optim import TensorGaLoreAdamW, TensorGRaDAdamW
     from app.param_groups import split_param_groups
 
     torch.manual_seed(seed)
@@ -47,6 +47,10 @@ def _build(seed: int = 0):
     groups = split_param_groups(model)
     for g in groups:
         g["param_names"] = [names[id(p)] for p in g["params"]]
+    if optimizer == "adamw":
+        return model, torch.optim.AdamW(groups, lr=0.01, weight_decay=1e-4)
+    if optimizer == "tensorgrad":
+        return model, TensorGRaDAdamW(groups, lr=0.01, rank=0.5, sparse_ratio=0.1, update_proj_gap=2)
     return model, TensorGaLoreAdamW(groups, lr=0.01, rank=0.5, update_proj_gap=None)
 
 
@@ -117,6 +121,21 @@ def _check(rank: int) -> None:
     again.consolidate_state_dict()
     if rank == 0:
         assert not diff(again.state_dict(), plain.state_dict())
+    # the other optimizers the app configures: torch's AdamW and TensorGRaD (low-rank + top-k sparse)
+    for name in ("adamw", "tensorgrad"):
+        model_a, plain = _build(optimizer=name)
+        model_b, inner = _build(optimizer=name)
+        sharded = shard_optimizer(inner)
+        assert type(sharded.local) is type(plain)
+        for step in range(3):
+            _backward(model_a, step)
+            _backward(model_b, step)
+            plain.step()
+            sharded.step()
+        assert not diff(model_a.state_dict(), model_b.state_dict()), name
+        sharded.consolidate_state_dict()
+        if rank == 0:
+            assert not diff(sharded.state_dict(), plain.state_dict()), name
 
 
 def _free_port() -> int:
