@@ -464,9 +464,11 @@ def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreC
 
 
 def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
-    """``tgalore memory [config options] [--grid S ...] [--json]``: predicted training memory by category for
-    ``torch.optim.AdamW`` and for the configured optimizer, side by side, without training."""
+    """``tgalore memory [config options] [--grid S ...] [--devices W] [--json]``: predicted training memory by
+    category for ``torch.optim.AdamW`` and for the configured optimizer, side by side, without training; with
+    ``--devices W``, per process of a W-process DDP run (the state divided by ``model.shard_optimizer_state``)."""
     import argparse
+    import dataclasses
     import json
 
     import torch
@@ -477,15 +479,24 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
     extra = argparse.ArgumentParser(prog="tgalore memory", add_help=False)
     extra.add_argument("--grid", type=int, nargs="+", help="spatial grid (default: the datamodule's resolution)")
     extra.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    extra.add_argument("--devices", type=int, default=1, help="DDP processes: predict the memory of each (default 1)")
     opts, rest = extra.parse_known_args(args)
     if "-h" in rest or "--help" in rest:
         extra.print_help()
         print("\nAll other options are those of `tgalore fit` (config files, --model.*, --data.*).")
         raise SystemExit(0)
+    if opts.devices < 1:
+        raise SystemExit(f"tgalore memory: --devices {opts.devices} is invalid; use the number of DDP processes (>= 1)")
     with warnings.catch_warnings():  # "args given and sys.argv has more": the memory options are consumed here
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         cli = cli_main(rest, run=False)
     module, dm = cli.model, cli.datamodule
+    if opts.devices > 1 and module.fused_update:
+        raise SystemExit(
+            f"tgalore memory: --devices {opts.devices} is DDP, which refuses model.fused_update=true (it would update "
+            f"each parameter before DDP averages its gradient); add --model.fused_update false"
+        )
+    shard = module.shard_optimizer_state and opts.devices > 1
     grid = opts.grid or [int(getattr(dm, "resolution", 0))] * dm.n_dims
     if not all(grid) or len(grid) != dm.n_dims:
         raise SystemExit(f"tgalore memory: give the {dm.n_dims}-D spatial grid with --grid (e.g. --grid 64 64)")
@@ -496,21 +507,34 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
         g["galore"] = g["galore"] and module.spectral_galore
     chosen = module.optimizer_factory(groups) if module.optimizer_factory else torch.optim.AdamW(groups)
     baseline = torch.optim.AdamW(module.model.parameters())
-    rows = {
-        "AdamW": estimate_memory(module.model, baseline, shape, input_dtype=dtype).as_dict(),
+    estimates = {
+        "AdamW": estimate_memory(module.model, baseline, shape, input_dtype=dtype),
         type(chosen).__name__ + (" (fused)" if module.fused_update else ""): estimate_memory(
             module.model, chosen, shape, fused_update=module.fused_update, input_dtype=dtype
-        ).as_dict(),
+        ),
     }
+    if shard:  # the largest share of the state (app.sharding's partition); params and grads stay whole under DDP
+        from app.sharding import state_bytes_per_process
+
+        for (name, est), opt in zip(list(estimates.items()), (baseline, chosen), strict=True):
+            share = max(state_bytes_per_process(opt, opts.devices))
+            estimates[name] = dataclasses.replace(est, optimizer_state=share)
+    rows = {name: est.as_dict() for name, est in estimates.items()}
     if opts.json:
-        print(json.dumps({"input_shape": list(shape), **rows}, indent=2))
+        print(json.dumps({"input_shape": list(shape), "devices": opts.devices, "sharded": shard, **rows}, indent=2))
         return rows
     (name_a, a), (name_b, b) = rows.items()
-    lines = [f"Predicted training memory, input {list(shape)} ({dtype}), MiB", "",
+    per = ""
+    if opts.devices > 1:
+        per = f", per process of {opts.devices} (optimizer state {'sharded' if shard else 'replicated'})"
+    lines = [f"Predicted training memory, input {list(shape)} ({dtype}){per}, MiB", "",
              f"| category | {name_a} | {name_b} | ratio |", "|---|---:|---:|---:|"]
     for key in a:
         ratio = b[key] / a[key] if a[key] else float("nan")
         lines.append(f"| {key} | {a[key] / 2**20:.2f} | {b[key] / 2**20:.2f} | {ratio:.3f} |")
+    if opts.devices > 1:
+        lines += ["", "Not counted: DDP's gradient buckets (about the gradients' size again, unless the strategy "
+                  "sets gradient_as_bucket_view)."]
     print("\n".join(lines))
     return rows
 

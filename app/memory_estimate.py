@@ -27,7 +27,7 @@ from torch import nn
 from app.memory import tensor_bytes
 from app.optim import TensorGaLoreAdamW, schema
 
-__all__ = ["MemoryEstimate", "predict_state_bytes", "activation_bytes", "estimate_memory"]
+__all__ = ["MemoryEstimate", "predict_state_bytes", "predict_param_state_bytes", "activation_bytes", "estimate_memory"]
 
 
 def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> int:
@@ -38,18 +38,26 @@ def predict_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) ->
     float32 subspace-drift diagnostic per mode is added). ``torch.optim.Adam``/``AdamW``: two moments (three with
     ``amsgrad``) and a step per parameter.
     """
-    if isinstance(optimizer, TensorGaLoreAdamW):
-        return schema.predict_state_bytes(optimizer.param_groups, refreshes)
-    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+    return sum(predict_param_state_bytes(optimizer, refreshes))
+
+
+def predict_param_state_bytes(optimizer: torch.optim.Optimizer, refreshes: int = 1) -> list[int]:
+    """:func:`predict_state_bytes` per parameter, in param-group order (0 for a frozen parameter)."""
+    if not isinstance(optimizer, (TensorGaLoreAdamW, torch.optim.Adam, torch.optim.AdamW)):
         raise NotImplementedError(
             f"no state model for {type(optimizer).__name__}; supported: TensorGaLoreAdamW, Adam, AdamW"
         )
-    return sum(
-        (3 if group.get("amsgrad") else 2) * tensor_bytes(p) + 4
-        for group in optimizer.param_groups
-        for p in group["params"]
-        if p.requires_grad
-    )
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not p.requires_grad:
+                out.append(0)
+            elif isinstance(optimizer, TensorGaLoreAdamW):
+                out.append(schema.schema_bytes(schema.group_param_schema(p, group, refreshes=refreshes)))
+            else:
+                moments = 3 if group.get("amsgrad") else 2
+                out.append(moments * tensor_bytes(p) + 4)
+    return out
 
 
 def activation_bytes(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> int:

@@ -104,6 +104,11 @@ class OperatorModule(LightningModule):
             that gradient at once (``register_post_accumulate_grad_hook``), so the full gradients of all layers
             never coexist. Same result as ordinary steps. Needs ``accumulate_grad_batches=1`` and no gradient
             clipping (both need every gradient at once); works with any ``torch.optim`` optimizer.
+        shard_optimizer_state: with more than one process (DDP), give each process the optimizer state of its
+            share of the parameters (whole tensors, balanced by bytes of state) through torch's
+            ``ZeroRedundancyOptimizer`` (``app.sharding``); checkpoints hold the full state (consolidated on rank
+            0) and resume on any number of processes. With one process nothing changes (a warning says so).
+            Cannot be combined with ``fused_update``.
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class OperatorModule(LightningModule):
         domain_length: float = 1.0,
         spectral_galore: bool = True,
         fused_update: bool = False,
+        shard_optimizer_state: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # "model is an nn.Module": handled just below
@@ -131,6 +137,12 @@ class OperatorModule(LightningModule):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if domain_length <= 0:
             raise ValueError(f"domain_length must be > 0, got {domain_length}")
+        if shard_optimizer_state and fused_update:
+            raise ValueError(
+                "shard_optimizer_state=True shards the optimizer across DDP processes, but fused_update=True steps "
+                "each parameter inside backward, before DDP has averaged its gradient (refused under DDP); set "
+                "model.fused_update=false or model.shard_optimizer_state=false"
+            )
         self.model = model
         self.loss_fn = loss if loss is not None else RelativeL2Loss()
         self.optimizer_factory = optimizer
@@ -139,6 +151,7 @@ class OperatorModule(LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.spectral_galore = spectral_galore
         self.fused_update = fused_update
+        self.shard_optimizer_state = shard_optimizer_state
         # Fused updates run inside backward; Lightning's automatic loop would step the optimizer a second time.
         self.automatic_optimization = not fused_update
         self._fused_handles: list = []
@@ -329,6 +342,7 @@ class OperatorModule(LightningModule):
             optimizer = torch.optim.AdamW(groups)
         else:
             optimizer = self.optimizer_factory(groups)
+        optimizer = self._sharded(optimizer)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -354,6 +368,36 @@ class OperatorModule(LightningModule):
             raise ValueError("the LR schedule follows the run's length, but neither trainer.max_epochs nor "
                              "trainer.max_steps bounds it; set one of them")
         return int(steps)
+
+    def _sharded(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """``optimizer``, wrapped by ``app.sharding.shard_optimizer`` when ``shard_optimizer_state`` and DDP with
+        more than one process (called after the process group exists: Lightning builds optimizers in
+        ``strategy.setup``)."""
+        if not self.shard_optimizer_state:
+            return optimizer
+        trainer = self._trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        if world_size <= 1:
+            warnings.warn(
+                "model.shard_optimizer_state=true has no effect with one process: the optimizer state is not "
+                "sharded (it shards across DDP processes, e.g. --trainer.devices 2 --trainer.strategy ddp)",
+                UserWarning,
+                stacklevel=2,
+            )
+            return optimizer
+        from lightning.pytorch.strategies import DDPStrategy
+
+        if not isinstance(trainer.strategy, DDPStrategy):
+            raise ValueError(
+                f"model.shard_optimizer_state=true shards the optimizer state across DDP processes, but the strategy "
+                f"is {type(trainer.strategy).__name__}; use --trainer.strategy ddp or model.shard_optimizer_state="
+                f"false"
+            )
+        from app.sharding import shard_optimizer
+
+        sharded = shard_optimizer(optimizer)
+        log.info("optimizer state sharded over %d processes (ZeroRedundancyOptimizer)", world_size)
+        return sharded
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
