@@ -249,6 +249,19 @@ class ShardedTensorGaLore(ShardedOptimizer):
         pairs = list(zip(self.optim.param_groups, self.param_groups, strict=True))
         return pairs if group_idx is None else [pairs[group_idx]]
 
+    def attach_policy(self, group_idx: int | None = None) -> None:
+        """``TensorGaLoreAdamW.attach_policy`` on this process's local optimizer (the flag is not persisted and every
+        process's callback attaches it alike; group indices are the same on every process)."""
+        self.optim.attach_policy(group_idx)
+
+    def detach_policy(self, group_idx: int | None = None) -> None:
+        """``TensorGaLoreAdamW.detach_policy`` on this process's local optimizer."""
+        self.optim.detach_policy(group_idx)
+
+    def policy_attached(self, group_idx: int) -> bool:
+        """``TensorGaLoreAdamW.policy_attached`` of this process's local optimizer."""
+        return self.optim.policy_attached(group_idx)
+
     def request_refresh(self, group_idx: int | None = None) -> None:
         """``TensorGaLoreAdamW.request_refresh`` for the whole model (see the module docstring)."""
         self.optim.request_refresh(group_idx)  # validates group_idx

@@ -98,7 +98,7 @@ MAIN_DATASETS = (
     Dataset("darcy_gen", "Darcy, generated (33×33; test 33 and zero-shot 65)", (), _data(batch_size=MAIN_BATCH)),
     Dataset("burgers", "Burgers, generated (128; test 128 and zero-shot 256)",
             ("configs/experiments/burgers_tensor_galore.yaml",), _data(batch_size=MAIN_BATCH)),
-    Dataset("em", "EM wave, generated, complex (128; test 128 and zero-shot 256)", ("configs/em.yaml",),
+    Dataset("em", "EM wave, generated, complex (128; test 128 and zero-shot 256)", ("configs/experiments/em.yaml",),
             _data(batch_size=MAIN_BATCH)),
     Dataset("navier_stokes", "Navier–Stokes, generated (32×32; test 32 and zero-shot 64)",
             ("configs/experiments/navier_stokes_tensor_galore.yaml",), _data(batch_size=MAIN_BATCH)),

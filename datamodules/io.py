@@ -34,8 +34,8 @@ def load_pt(path: str | os.PathLike, what: str = "data file") -> dict[str, Any]:
             text = f"it holds objects other than tensors: {reason}"
         first = next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
         raise ValueError(
-            f"{what} {path} could not be read ({type(err).__name__}: {first}); the file is corrupt, truncated or "
-            f"not a torch .pt file: re-download or regenerate it"
+            f"{what} {path} could not be read by torch.load(weights_only=True) ({type(err).__name__}: {first}); the "
+            f"file is corrupt, truncated or not a torch .pt file: re-download or regenerate it"
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{what} {path} holds a {type(obj).__name__}; expected a dict of tensors")

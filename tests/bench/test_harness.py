@@ -56,7 +56,8 @@ def test_every_study_composes_shipped_configs_that_exist_and_keys_are_unique():
         assert len({(s.dataset, s.key) for s in specs}) == len(specs), study.name
         for s in specs:
             assert all((harness.REPO / c).is_file() for c in s.configs), s.key
-            assert s.delta["trainer"]["max_steps"] == study.steps == s.delta["model"]["scheduler"]["init_args"]["T_max"]
+            assert s.delta["trainer"]["max_steps"] == study.steps  # the LR schedule follows it (CosineToEnd)
+            assert "T_max" not in str(s.delta)
     main = {s.method for s in studies.specs(studies.STUDIES["main"])}
     assert {"adamw", "complex_adamw", "tg_0.25", "tg_0.25_all", "tensorgrad", "neuralop_tg"} <= main
     assert {f"galore_d{d}_0.25" for d in (1, 2, 3)} <= main

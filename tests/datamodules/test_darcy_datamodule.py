@@ -229,4 +229,4 @@ def test_a_foreign_file_error_never_suggests_unsafe_loading(tmp_path, write_pt, 
     with pytest.raises(ValueError) as info:
         _setup(tmp_path, write_pt, darcy_pair, str(foreign))
     assert "could not be read" in str(info.value)
-    assert "weights_only" not in str(info.value) and "likely succeed" not in str(info.value)
+    assert "weights_only=False" not in str(info.value) and "likely succeed" not in str(info.value)

@@ -181,8 +181,15 @@ def _bad_ckpt(kind: str, user: Path, tmp_path: Path) -> Path:
         path.write_bytes(b"")
     elif kind == "truncated":
         path.write_bytes(data[: len(data) // 2])
-    elif kind == "corrupt":  # a damaged copy: 64 bytes flipped in the middle of the tensor data
-        mid = len(data) // 2
+    elif kind == "corrupt":  # a damaged copy: 64 bytes flipped in the middle of the largest tensor record
+        import struct
+        import zipfile
+
+        with zipfile.ZipFile(good) as zf:
+            rec = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        name_len, extra_len = struct.unpack("<HH", data[rec.header_offset + 26 : rec.header_offset + 30])
+        start = rec.header_offset + 30 + name_len + extra_len  # torch stores records uncompressed
+        mid = start + rec.file_size // 2 - 32
         path.write_bytes(data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :])
     elif kind == "garbage":
         path.write_bytes(b"not a checkpoint\n" * 100)
