@@ -20,7 +20,11 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from neuralop.layers.channel_mlp import ChannelMLP
+from neuralop.layers.complex import ComplexValued
+from neuralop.layers.fno_block import FNOBlocks
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import MetricCollection
 
 from app.metrics import RelativeH1, RelativeL2, RelativeL2Loss
@@ -28,7 +32,59 @@ from app.param_groups import split_param_groups
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OperatorModule"]
+__all__ = ["OperatorModule", "checkpoint_fno_layers"]
+
+
+class _Recomputed:
+    """Mixin: the module's forward pass keeps only its inputs for backward and is run again there
+    (``torch.utils.checkpoint``, non-reentrant: works with fused updates' per-parameter hooks, DDP and inputs that
+    need no gradient; dropout draws the same numbers, the RNG state is restored). Without grad mode (evaluation)
+    it is the plain forward."""
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return super().forward(*args, **kwargs)
+        return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+
+
+class CheckpointedFNOBlocks(_Recomputed, FNOBlocks):
+    """neuraloperator's ``FNOBlocks``, each FNO layer (spectral convolution, skip, channel MLP) recomputed."""
+
+
+class CheckpointedChannelMLP(_Recomputed, ChannelMLP):
+    """neuraloperator's ``ChannelMLP`` (an FNO's lifting or projection), recomputed in backward."""
+
+
+class CheckpointedComplexValued(_Recomputed, ComplexValued):
+    """neuraloperator's ``ComplexValued`` wrapper (the complex FNO's lifting and projection), recomputed."""
+
+
+_CHECKPOINTED = {FNOBlocks: CheckpointedFNOBlocks, ChannelMLP: CheckpointedChannelMLP,
+                 ComplexValued: CheckpointedComplexValued}
+_PLAIN = {v: k for k, v in _CHECKPOINTED.items()}
+
+
+def checkpoint_fno_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch activation checkpointing of an FNO on or off, in place: each FNO layer (``model.fno_blocks``) and
+    the lifting and projection MLPs are recomputed in backward, so between the forward and the backward pass only
+    their inputs stay alive. Parameters, state dict and results are unchanged (only the modules' classes change,
+    to subclasses that differ in ``forward`` alone)."""
+    blocks = getattr(model, "fno_blocks", None)
+    if type(blocks) not in _CHECKPOINTED and type(blocks) not in _PLAIN:
+        found = "no fno_blocks" if blocks is None else f"fno_blocks of type {type(blocks).__name__}"
+        raise ValueError(
+            f"activation_checkpointing=True recomputes each FNO layer in backward and needs a model with "
+            f"neuraloperator's FNOBlocks at `model.fno_blocks` (an FNO), but {type(model).__name__} has {found}; "
+            f"set model.activation_checkpointing=false"
+        )
+    for name in ("fno_blocks", "lifting", "projection"):
+        sub = getattr(model, name, None)
+        cls = type(sub)
+        if enabled and cls in _CHECKPOINTED:
+            sub.__class__ = _CHECKPOINTED[cls]
+        elif not enabled and cls in _PLAIN:
+            sub.__class__ = _PLAIN[cls]
+    return model
 
 
 def _is_plain(value: Any) -> bool:
@@ -99,6 +155,10 @@ class OperatorModule(LightningModule):
             that gradient at once (``register_post_accumulate_grad_hook``), so the full gradients of all layers
             never coexist. Same result as ordinary steps. Needs ``accumulate_grad_batches=1`` and no gradient
             clipping (both need every gradient at once); works with any ``torch.optim`` optimizer.
+        activation_checkpointing: recompute each FNO layer (spectral convolution, skip, channel MLP) and the
+            lifting and projection MLPs in backward (``torch.utils.checkpoint``, non-reentrant) instead of keeping
+            their saved activations: only their inputs stay alive. Same gradients; costs about one extra forward
+            pass per step. Needs an FNO (``model.fno_blocks``); works with the complex FNO, ``fused_update``, DDP.
     """
 
     def __init__(
@@ -113,6 +173,7 @@ class OperatorModule(LightningModule):
         domain_length: float = 1.0,
         spectral_galore: bool = True,
         fused_update: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # "model is an nn.Module": handled just below
@@ -126,6 +187,9 @@ class OperatorModule(LightningModule):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if domain_length <= 0:
             raise ValueError(f"domain_length must be > 0, got {domain_length}")
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing:
+            checkpoint_fno_layers(model)
         self.model = model
         self.loss_fn = loss if loss is not None else RelativeL2Loss()
         self.optimizer_factory = optimizer
