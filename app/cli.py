@@ -463,21 +463,37 @@ def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreC
         raise
 
 
+def _parse_bytes(text: str) -> int:
+    """``24GB``, ``24GiB``, ``80 GB``, ``1.5TB``, ``512MiB`` or plain bytes -> bytes (GB and GiB both 2**30: how
+    GPU memory is quoted)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*", text, flags=re.I)
+    if not m:
+        raise SystemExit(f"tgalore memory: --gpu_memory {text!r} is not a size; give e.g. 24GB, 80GB or 16GiB")
+    return int(float(m.group(1)) * 2 ** (10 * " KMGT".index(m.group(2).upper() or " ")))
+
+
 def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
-    """``tgalore memory [config options] [--grid S ...] [--devices W] [--json]``: predicted training memory by
-    category for ``torch.optim.AdamW`` and for the configured optimizer, side by side, without training; with
-    ``--devices W``, per process of a W-process DDP run (the state divided by ``model.shard_optimizer_state``)."""
+    """``tgalore memory [config options] [--grid S ...] [--devices W] [--measure] [--gpu_memory 24GB] [--json]``:
+    training memory by category for ``torch.optim.AdamW`` and for the configured optimizer and options, side by
+    side: predicted without training, and with ``--measure`` also measured on two real training steps (torch's
+    ``MemTracker``; on CUDA also the allocator's peak); with ``--devices W``, predicted per process of a W-process
+    DDP run (the state divided by ``model.shard_optimizer_state``)."""
     import argparse
+    import copy
     import dataclasses
     import json
 
     import torch
 
     from app.memory_estimate import estimate_memory
-    from app.param_groups import split_param_groups
+    from app.memory_measure import CATEGORIES, measure_training_steps
+    from app.module import checkpoint_fno_layers
 
     extra = argparse.ArgumentParser(prog="tgalore memory", add_help=False)
     extra.add_argument("--grid", type=int, nargs="+", help="spatial grid (default: the datamodule's resolution)")
+    extra.add_argument("--measure", action="store_true",
+                       help="also train two steps at the configured batch and grid and measure the peak by category")
+    extra.add_argument("--gpu_memory", help="say whether the configuration fits in this much memory, e.g. 24GB")
     extra.add_argument("--json", action="store_true", help="print JSON instead of a table")
     extra.add_argument("--devices", type=int, default=1, help="DDP processes: predict the memory of each (default 1)")
     opts, rest = extra.parse_known_args(args)
@@ -487,6 +503,10 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
         raise SystemExit(0)
     if opts.devices < 1:
         raise SystemExit(f"tgalore memory: --devices {opts.devices} is invalid; use the number of DDP processes (>= 1)")
+    if opts.measure and opts.devices > 1:
+        raise SystemExit("tgalore memory: --measure trains on this one process; it cannot measure a "
+                         f"{opts.devices}-process run (drop --devices, or drop --measure for the prediction)")
+    budget = _parse_bytes(opts.gpu_memory) if opts.gpu_memory else None
     with warnings.catch_warnings():  # "args given and sys.argv has more": the memory options are consumed here
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         cli = cli_main(rest, run=False)
@@ -498,28 +518,50 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
         )
     shard = module.shard_optimizer_state and opts.devices > 1
     grid = opts.grid or [int(getattr(dm, "resolution", 0))] * dm.n_dims
-    if not all(grid) or len(grid) != dm.n_dims:
+    if not all(g > 0 for g in grid) or len(grid) != dm.n_dims:
         raise SystemExit(f"tgalore memory: give the {dm.n_dims}-D spatial grid with --grid (e.g. --grid 64 64)")
     shape = (dm.batch_size, dm.in_channels, *grid)
     dtype = torch.complex64 if dm.complex_data else torch.float32
-    groups = split_param_groups(module.model)
-    for g in groups:
-        g["galore"] = g["galore"] and module.spectral_galore
-    chosen = module.optimizer_factory(groups) if module.optimizer_factory else torch.optim.AdamW(groups)
+    chosen = module.configure_optimizers()
+    chosen = chosen["optimizer"] if isinstance(chosen, dict) else chosen
     baseline = torch.optim.AdamW(module.model.parameters())
+    flags = (("fused", module.fused_update), ("checkpointing", module.activation_checkpointing))
+    name = type(chosen).__name__ + "".join(f" ({flag})" for flag, on in flags if on)
     estimates = {
         "AdamW": estimate_memory(module.model, baseline, shape, input_dtype=dtype),
-        type(chosen).__name__ + (" (fused)" if module.fused_update else ""): estimate_memory(
+        name: estimate_memory(
             module.model, chosen, shape, fused_update=module.fused_update, input_dtype=dtype
         ),
     }
     if shard:  # the largest share of the state (app.sharding's partition); params and grads stay whole under DDP
         from app.sharding import state_bytes_per_process
 
-        for (name, est), opt in zip(list(estimates.items()), (baseline, chosen), strict=True):
+        for (key, est), opt in zip(list(estimates.items()), (baseline, chosen), strict=True):
             share = max(state_bytes_per_process(opt, opts.devices))
-            estimates[name] = dataclasses.replace(est, optimizer_state=share)
-    rows = {name: est.as_dict() for name, est in estimates.items()}
+            estimates[key] = dataclasses.replace(est, optimizer_state=share)
+    rows = {key: est.as_dict() for key, est in estimates.items()}
+    if opts.measure:
+        from app.module import OperatorModule
+
+        plain = checkpoint_fno_layers(copy.deepcopy(module.model), enabled=False) if module.activation_checkpointing \
+            else copy.deepcopy(module.model)
+        gen = torch.Generator().manual_seed(0)
+        batch = {"x": torch.randn(shape, dtype=dtype, generator=gen),
+                 "y": torch.randn((dm.batch_size, dm.out_channels, *grid), dtype=dtype, generator=gen)}
+        accelerator = cli.trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower() or "cpu"
+        for key, mod in (("AdamW", OperatorModule(plain, loss=module.loss_fn)), (name, module)):
+            measured = measure_training_steps(mod, batch, accelerator=accelerator, precision=cli.trainer.precision)
+            rows[key].update({f"measured_{c}": v for c, v in measured.at_peak.items()})
+            rows[key]["measured_peak_bytes"] = measured.peak
+            if measured.cuda_max_allocated is not None:
+                rows[key]["cuda_max_allocated"] = measured.cuda_max_allocated
+            del mod
+    verdicts = {}
+    if budget is not None:
+        for key, r in rows.items():
+            need = r.get("cuda_max_allocated", r.get("measured_peak_bytes", r["total"]))
+            verdicts[key] = need <= budget
+            r["fits_gpu_memory"] = need <= budget
     if opts.json:
         print(json.dumps({"input_shape": list(shape), "devices": opts.devices, "sharded": shard, **rows}, indent=2))
         return rows
@@ -527,14 +569,24 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
     per = ""
     if opts.devices > 1:
         per = f", per process of {opts.devices} (optimizer state {'sharded' if shard else 'replicated'})"
-    lines = [f"Predicted training memory, input {list(shape)} ({dtype}){per}, MiB", "",
+    what = "Predicted and measured" if opts.measure else "Predicted"
+    lines = [f"{what} training memory, input {list(shape)} ({dtype}){per}, MiB", "",
              f"| category | {name_a} | {name_b} | ratio |", "|---|---:|---:|---:|"]
-    for key in a:
-        ratio = b[key] / a[key] if a[key] else float("nan")
+    keys = [k for k in a if k != "fits_gpu_memory"]
+    if opts.measure:
+        keys = [k for k in keys if not k.startswith("measured_")] + [f"measured_{c}" for c in CATEGORIES] + [
+            "measured_peak_bytes"]
+    for key in keys:
+        ratio = b[key] / a[key] if a.get(key) else float("nan")
         lines.append(f"| {key} | {a[key] / 2**20:.2f} | {b[key] / 2**20:.2f} | {ratio:.3f} |")
     if opts.devices > 1:
         lines += ["", "Not counted: DDP's gradient buckets (about the gradients' size again, unless the strategy "
                   "sets gradient_as_bucket_view)."]
+    if budget is not None:
+        basis = "measured peak" if opts.measure else "predicted total (temporaries not included: leave ~10% spare)"
+        lines.append("")
+        lines += [f"{key}: {'fits' if ok else 'does NOT fit'} in {opts.gpu_memory} ({basis})"
+                  for key, ok in verdicts.items()]
     print("\n".join(lines))
     return rows
 

@@ -64,23 +64,61 @@ def activation_bytes(model: nn.Module, input_shape: Sequence[int], dtype: torch.
     """Bytes autograd saves for backward in one forward pass of ``model`` on an input of ``input_shape``.
 
     The model is copied to the ``meta`` device, so this costs neither memory nor compute whatever its size.
+
+    With activation checkpointing (``app.module.checkpoint_fno_layers``: each FNO layer, the lifting and the
+    projection recomputed in backward) the peak of saved activations is predicted as what the rest of the model
+    saves + the inputs of every recomputed call (kept from the forward pass to the backward pass) + the largest
+    set one recomputed call saves (alive while that call's backward runs): an upper bound, since the latter
+    calls' inputs are freed by then.
     """
+    from app.module import _Recomputed, checkpoint_fno_layers
+
     meta = _meta_copy(model)
+    regions = [m for m in meta.modules() if isinstance(m, _Recomputed)]
+    if regions:
+        checkpoint_fno_layers(meta, enabled=False)  # count what each recomputed call saves
     params = {id(p) for p in meta.parameters()}
-    saved: dict[int, int] = {}
+    saved: dict[int, tuple[int, int]] = {}  # id of a saved tensor's base -> (bytes, call it was saved in; -1: none)
+    inputs: dict[int, tuple[int, int]] = {}  # id of a recomputed call's input -> (bytes, call)
     keep: list[torch.Tensor] = []  # keep tensors alive so their ids stay unique
+    current = [-1]
+    calls: list[int] = []
+
+    def base_of(t: torch.Tensor) -> torch.Tensor:
+        return t._base if t._base is not None else t
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        base = t._base if t._base is not None else t
-        if id(base) not in params:
-            saved[id(base)] = tensor_bytes(base)
+        base = base_of(t)
+        if id(base) not in params and id(base) not in saved:
+            saved[id(base)] = (tensor_bytes(base), current[0])
             keep.append(base)
         return t
 
+    def pre(module, args, kwargs) -> None:
+        call = len(calls)
+        calls.append(call)
+        current[0] = call
+        x = args[0] if args else next(iter(kwargs.values()))
+        inputs.setdefault(id(base_of(x)), (tensor_bytes(base_of(x)), call))
+        keep.append(x)
+
+    def post(module, args, kwargs, out) -> None:
+        current[0] = -1
+
+    handles = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in regions]
+    handles += [m.register_forward_hook(post, with_kwargs=True) for m in regions]
     x = torch.empty(tuple(input_shape), dtype=dtype, device="meta")
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        meta(x)
-    return sum(saved.values())
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            meta(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not regions:
+        return sum(b for b, _ in saved.values())
+    outside = sum(b for key, (b, call) in saved.items() if call < 0 and key not in inputs)
+    per_call = [sum(b for key, (b, c) in saved.items() if c == call and key not in inputs) for call in calls]
+    return outside + sum(b for b, _ in inputs.values()) + max(per_call, default=0)
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:

@@ -21,9 +21,13 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from neuralop.layers.channel_mlp import ChannelMLP
+from neuralop.layers.complex import ComplexValued
+from neuralop.layers.fno_block import FNOBlocks
 from neuralop.models.base_model import BaseModel
 from torch import Tensor, nn
 from torch.nn.modules.loss import _Loss  # torch's loss base class: the CLI's --model.loss lists its subclasses
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import MetricCollection
 
 from app.lr_schedules import CosineToEnd
@@ -33,7 +37,59 @@ from app.resume import DATA_IDENTITY_KEY, data_differences
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OperatorModule"]
+__all__ = ["OperatorModule", "checkpoint_fno_layers"]
+
+
+class _Recomputed:
+    """Mixin: the module's forward pass keeps only its inputs for backward and is run again there
+    (``torch.utils.checkpoint``, non-reentrant: works with fused updates' per-parameter hooks, DDP and inputs that
+    need no gradient; dropout draws the same numbers, the RNG state is restored). Without grad mode (evaluation)
+    it is the plain forward."""
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return super().forward(*args, **kwargs)
+        return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+
+
+class CheckpointedFNOBlocks(_Recomputed, FNOBlocks):
+    """neuraloperator's ``FNOBlocks``, each FNO layer (spectral convolution, skip, channel MLP) recomputed."""
+
+
+class CheckpointedChannelMLP(_Recomputed, ChannelMLP):
+    """neuraloperator's ``ChannelMLP`` (an FNO's lifting or projection), recomputed in backward."""
+
+
+class CheckpointedComplexValued(_Recomputed, ComplexValued):
+    """neuraloperator's ``ComplexValued`` wrapper (the complex FNO's lifting and projection), recomputed."""
+
+
+_CHECKPOINTED = {FNOBlocks: CheckpointedFNOBlocks, ChannelMLP: CheckpointedChannelMLP,
+                 ComplexValued: CheckpointedComplexValued}
+_PLAIN = {v: k for k, v in _CHECKPOINTED.items()}
+
+
+def checkpoint_fno_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switch activation checkpointing of an FNO on or off, in place: each FNO layer (``model.fno_blocks``) and
+    the lifting and projection MLPs are recomputed in backward, so between the forward and the backward pass only
+    their inputs stay alive. Parameters, state dict and results are unchanged (only the modules' classes change,
+    to subclasses that differ in ``forward`` alone)."""
+    blocks = getattr(model, "fno_blocks", None)
+    if type(blocks) not in _CHECKPOINTED and type(blocks) not in _PLAIN:
+        found = "no fno_blocks" if blocks is None else f"fno_blocks of type {type(blocks).__name__}"
+        raise ValueError(
+            f"activation_checkpointing=True recomputes each FNO layer in backward and needs a model with "
+            f"neuraloperator's FNOBlocks at `model.fno_blocks` (an FNO), but {type(model).__name__} has {found}; "
+            f"set model.activation_checkpointing=false"
+        )
+    for name in ("fno_blocks", "lifting", "projection"):
+        sub = getattr(model, name, None)
+        cls = type(sub)
+        if enabled and cls in _CHECKPOINTED:
+            sub.__class__ = _CHECKPOINTED[cls]
+        elif not enabled and cls in _PLAIN:
+            sub.__class__ = _PLAIN[cls]
+    return model
 
 
 def _is_plain(value: Any) -> bool:
@@ -109,6 +165,10 @@ class OperatorModule(LightningModule):
             ``ZeroRedundancyOptimizer`` (``app.sharding``); checkpoints hold the full state (consolidated on rank
             0) and resume on any number of processes. With one process nothing changes (a warning says so).
             Cannot be combined with ``fused_update``.
+        activation_checkpointing: recompute each FNO layer (spectral convolution, skip, channel MLP) and the
+            lifting and projection MLPs in backward (``torch.utils.checkpoint``, non-reentrant) instead of keeping
+            their saved activations: only their inputs stay alive. Same gradients; costs about one extra forward
+            pass per step. Needs an FNO (``model.fno_blocks``); works with the complex FNO, ``fused_update``, DDP.
     """
 
     def __init__(
@@ -124,6 +184,7 @@ class OperatorModule(LightningModule):
         spectral_galore: bool = True,
         fused_update: bool = False,
         shard_optimizer_state: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():  # "model is an nn.Module": handled just below
@@ -143,6 +204,9 @@ class OperatorModule(LightningModule):
                 "each parameter inside backward, before DDP has averaged its gradient (refused under DDP); set "
                 "model.fused_update=false or model.shard_optimizer_state=false"
             )
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing:
+            checkpoint_fno_layers(model)
         self.model = model
         self.loss_fn = loss if loss is not None else RelativeL2Loss()
         self.optimizer_factory = optimizer
