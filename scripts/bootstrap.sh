@@ -12,5 +12,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/bootstrap.s
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
   .venv/bin/python -m pip install --quiet -e ".[dev]"
+  # The Well's dataset class, for datamodules/well.py and its tests. --no-deps: the-well 1.2 pins fsspec==2024.10.0
+  # exactly, which conflicts with lightning's fsspec; its other requirements (h5py, numpy, pyyaml, torch, fsspec)
+  # are installed above, and local reads work with the newer fsspec (tests/datamodules/test_well.py). einops is
+  # its one import not otherwise installed. See pyproject.toml's `well` extra.
+  .venv/bin/python -m pip install --quiet --no-deps "the-well>=1.2,<2" "einops>=0.8"
   touch "$stamp"
 fi
