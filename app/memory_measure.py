@@ -190,6 +190,7 @@ def measure_training_steps(
         accelerator=accelerator,
         devices=1,
         max_steps=steps,
+        max_epochs=1,  # the loader holds `steps` batches: one epoch (an epoch-wise LR schedule needs a length)
         precision=precision if precision is not None else "32-true",
         logger=False,
         enable_checkpointing=False,
