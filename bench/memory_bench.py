@@ -32,15 +32,13 @@ MiB = 2**20
 CATEGORIES = ("params", "grads", "optimizer_state", "activations", "temporaries")
 
 # (label, overrides of configs/paper/darcy.yaml, which has fused_update: true and Tensor-GaLore 0.25 from defaults)
-_TG_BF16 = ["-c", str(REPO / "configs/optim/tensorgrad_bf16.yaml"), "--model.optimizer.init_args.rank=0.25",
-            "--model.optimizer.init_args.sparse_ratio=0"]
 ROWS: list[tuple[str, list[str]]] = [
     ("AdamW", ["-c", str(REPO / "configs/optim/adamw.yaml"), "--model.fused_update=false"]),
     ("AdamW, fused", ["-c", str(REPO / "configs/optim/adamw.yaml")]),
     ("Tensor-GaLore 0.25", ["--model.fused_update=false"]),
     ("+ fused", []),
     ("+ activation checkpointing", ["--model.activation_checkpointing=true"]),
-    ("+ bf16 moments", [*_TG_BF16, "--model.activation_checkpointing=true"]),
+    ("+ bf16 moments", ["--model.optimizer.init_args.moment_dtype=bfloat16", "--model.activation_checkpointing=true"]),
     ("TensorGRaD (0.2 + 5% sparse), fused, checkpointing",
      ["-c", str(REPO / "configs/optim/tensorgrad.yaml"), "--model.activation_checkpointing=true"]),
 ]
@@ -126,10 +124,9 @@ def render(rows: dict[str, dict], batch: int, grid: int) -> str:
         )
     lines += [
         "",
-        "Rows from `+ fused` on add to the row above; `+ bf16 moments` is `TensorGRaDAdamW(rank=0.25, "
-        "sparse_ratio=0, moment_dtype=bfloat16)` (`configs/optim/tensorgrad_bf16.yaml` with those two overrides): the "
-        "same Tucker projection as Tensor-GaLore with its moments stored in bfloat16 and rounded stochastically "
-        "(plain `TensorGaLoreAdamW` has no `moment_dtype` on this branch). Categories are in MiB at the moment of the "
+        "Rows from `+ fused` on add to the row above; `+ bf16 moments` is `TensorGaLoreAdamW(rank=0.25, "
+        "moment_dtype=bfloat16)` (`--model.optimizer.init_args.moment_dtype=bfloat16`): its moments stored in "
+        "bfloat16 and rounded stochastically. Categories are in MiB at the moment of the "
         "peak (they sum to it); *temporaries* are tensors created in the backward pass (gradients of activations, "
         "FFT outputs), the optimizer step's workspace and the batch. Step time: wall time of step 2 (no subspace "
         "refresh) relative to AdamW's, one run each, tracker on; checkpointing recomputes the forward pass of every "

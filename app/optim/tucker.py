@@ -150,9 +150,43 @@ def multi_mode_dot(t: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
     return t
 
 
+# Largest intermediate (bytes) a projection or back-projection materialises at once: beyond it, the products run
+# slice by slice along an unprojected mode (each output entry is the same dot product, so the same values).
+CHUNK_BYTES = 16 * 2**20
+
+
+def _chunks(shape: Sequence[int], outs: Sequence[int | None], last: int, itemsize: int) -> tuple[int, int]:
+    """``(mode, length)``: slices of ``length`` along an unprojected ``mode`` right after ``last`` (the last
+    product's mode, so each slice of a contiguous target keeps a ``(a, n, b)`` view), each of whose largest
+    intermediate fits in :data:`CHUNK_BYTES`; ``(-1, 0)`` when no slicing is possible or needed."""
+    c = last + 1
+    if c >= len(shape) or outs[c] is not None or shape[c] < 2:
+        return -1, 0
+    sizes = [max(n, o or n) for n, o in zip(shape, outs, strict=True)]  # per mode, the larger of in and out
+    biggest = math.prod(sizes) * itemsize  # bounds every intermediate of the chain
+    if biggest <= CHUNK_BYTES:
+        return -1, 0
+    length = max(1, shape[c] * CHUNK_BYTES // biggest)
+    return (c, length) if length < shape[c] else (-1, 0)
+
+
 def project(g: Tensor, factors: Sequence[Tensor | None]) -> Tensor:
-    """The core ``G x_k U_k^H`` over the modes with a factor (cheapest product order)."""
-    return multi_mode_dot(g, [None if u is None else u.mH for u in factors])
+    """The core ``G x_k U_k^H`` over the modes with a factor (cheapest product order; large tensors slice by
+    slice along an unprojected mode, never holding a full-size intermediate)."""
+    mats = [None if u is None else u.mH for u in factors]
+    outs = tuple(None if m is None else int(m.shape[0]) for m in mats)
+    order = product_order(tuple(g.shape), outs)
+    mode, length = _chunks(g.shape, outs, order[-1], g.element_size()) if order else (-1, 0)
+    if mode < 0:
+        return multi_mode_dot(g, mats)
+    out_shape = [n if o is None else o for n, o in zip(g.shape, outs, strict=True)]
+    core = g.new_empty(out_shape, dtype=torch.promote_types(g.dtype, factors[order[0]].dtype))
+    for j in range(0, g.shape[mode], length):
+        t = g.narrow(mode, j, min(length, g.shape[mode] - j))
+        for k in order:
+            t = mode_dot(t, mats[k], k)
+        core.narrow(mode, j, t.shape[mode]).copy_(t)
+    return core
 
 
 def project_back(core: Tensor, factors: Sequence[Tensor | None]) -> Tensor:
@@ -175,10 +209,26 @@ def add_project_back_(
         return target.mul_(beta).add_(core, alpha=alpha)
     if not target.is_contiguous():
         return target.mul_(beta).add_(project_back(core, factors), alpha=alpha)
+    k, u = order[-1], mats[order[-1]].resolve_conj().contiguous()
+    mode, length = _chunks(core.shape, outs, k, target.element_size())
+    if mode < 0:
+        _add_last_product_(target, core, mats, order, u, alpha, beta)
+        return target
+    for j in range(0, core.shape[mode], length):  # slice by slice: no full-size intermediate
+        width = min(length, core.shape[mode] - j)
+        _add_last_product_(target.narrow(mode, j, width), core.narrow(mode, j, width), mats, order, u, alpha, beta)
+    return target
+
+
+def _add_last_product_(
+    target: Tensor, core: Tensor, mats: list, order: tuple[int, ...], u: Tensor, alpha: float, beta: float
+) -> None:
+    """``target = beta * target + alpha * (core x_k M_k ...)``, the last product ``order[-1]`` (matrix ``u``)
+    written straight into ``target``, which must allow an ``(a, n, b)`` view around that mode."""
     t = core
     for k in order[:-1]:
         t = mode_dot(t, mats[k], k)
-    k, u = order[-1], mats[order[-1]].resolve_conj().contiguous()
+    k = order[-1]
     a, n, b = _split(target.shape, k)
     r = u.shape[1]
     if a == 1:
@@ -187,7 +237,6 @@ def add_project_back_(
         target.view(a, n).addmm_(t.reshape(a, r), u.mT, beta=beta, alpha=alpha)
     else:
         target.view(a, n, b).baddbmm_(u.expand(a, n, r), t.reshape(a, r, b), beta=beta, alpha=alpha)
-    return target
 
 
 def norm_sq(x: Tensor, dtype: torch.dtype | None = torch.float32) -> Tensor:
