@@ -14,24 +14,30 @@ from typing import Any
 
 from bench.harness import RunSpec, _merge
 
-__all__ = ["Method", "Dataset", "Study", "STUDIES", "METHODS", "specs", "shrink"]
+__all__ = ["Part", "Method", "Dataset", "Study", "STUDIES", "METHODS", "specs", "shrink"]
 
 
 @dataclass(frozen=True)
-class Method:
+class Part:
+    """One side of a run, a dataset or a method: its key (in run names and the run cache), its label in the
+    tables, the shipped config files it composes and the YAML delta over them (``specs`` merges both sides')."""
+
     key: str
     label: str
     configs: tuple[str, ...]
     delta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method(Part):
+    """An optimizer config (``note``: what the row changes, for the tables)."""
+
     note: str = ""
 
 
 @dataclass(frozen=True)
-class Dataset:
-    key: str
-    label: str
-    configs: tuple[str, ...]
-    delta: dict[str, Any] = field(default_factory=dict)
+class Dataset(Part):
+    """A data/experiment config with the benchmark's batch size (and model size)."""
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ __all__ = [
     "EpochShuffleSampler",
     "ResumableDataLoader",
     "channel_stats",
+    "check_positive_int",
     "check_targets",
     "as_fields",
     "grid_name",
@@ -281,7 +282,8 @@ def check_targets(y: Tensor, source: str, training: bool) -> None:
             )
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Stop with an error naming ``name`` unless ``value`` is an int (not a bool) ``>= minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"{name}={value!r} is invalid; use an integer >= {minimum}")
 
@@ -347,9 +349,9 @@ class PDEDataModule(LightningDataModule):
             ("num_workers", num_workers, 0),
             ("seed", seed, 0),
         ):
-            _positive_int(arg, value, minimum)
+            check_positive_int(arg, value, minimum)
         if test_batch_size is not None:
-            _positive_int("test_batch_size", test_batch_size)
+            check_positive_int("test_batch_size", test_batch_size)
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction!r} is invalid; use a fraction in (0, 1), e.g. 0.1")
         own_split = train_file is not None and self.test_fraction(Path(train_file)) is not None
@@ -368,7 +370,7 @@ class PDEDataModule(LightningDataModule):
         if not test_resolutions:
             raise ValueError("test_resolutions=[] is invalid; give at least one resolution, or null for [resolution]")
         for s in test_resolutions:
-            _positive_int("test_resolutions entry", s, 2)
+            check_positive_int("test_resolutions entry", s, 2)
         if len(set(test_resolutions)) != len(test_resolutions):
             raise ValueError(f"test_resolutions={test_resolutions} repeats a resolution; list each once")
         self.train_file = train_file

@@ -48,10 +48,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import Generated, PDEDataModule
+from datamodules.base import Generated, PDEDataModule, check_positive_int
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
-from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
+from datamodules.pdebench import PDEBenchFiles, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.public_formats import load_mat
 from datamodules.solvers.burgers import solve_burgers
 from datamodules.solvers.spectral import solver_threads
@@ -64,7 +64,7 @@ TASKS = ("final", "trajectory")
 _PDEBENCH_LAYOUT = "1-D Burgers layout: 'tensor' (N, T, X) = u(t, x), 'x-coordinate' (X), 't-coordinate'"
 
 
-class BurgersDataModule(PDEDataModule):
+class BurgersDataModule(PDEBenchFiles, PDEDataModule):
     """Burgers' equation, 1-D periodic; batches ``x`` (B, 1, s) and ``y`` (B, 1 or T + 1, s).
 
     Defaults: 1000 training (900 train / 100 validation) and 200 test samples at 128 points, solved on 1024;
@@ -97,6 +97,7 @@ class BurgersDataModule(PDEDataModule):
     """
 
     name = "burgers"
+    file_kind = "Burgers data file"
     n_dims = 1
     in_channels = 1
     out_channels = 1
@@ -126,8 +127,7 @@ class BurgersDataModule(PDEDataModule):
         )
         if task not in TASKS:
             raise ValueError(f"task={task!r} is invalid; use one of {list(TASKS)}")
-        if not isinstance(trajectory_steps, int) or isinstance(trajectory_steps, bool) or trajectory_steps < 1:
-            raise ValueError(f"trajectory_steps={trajectory_steps!r} is invalid; use an integer >= 1")
+        check_positive_int("trajectory_steps", trajectory_steps)
         if not isinstance(solve_resolution, int) or solve_resolution < 8 or solve_resolution % 2:
             raise ValueError(f"solve_resolution={solve_resolution!r} is invalid; use an even integer >= 8, e.g. 1024")
         for arg, value in (("viscosity", viscosity), ("t_final", t_final), ("grf_scale", grf_scale)):
@@ -205,15 +205,6 @@ class BurgersDataModule(PDEDataModule):
     def subsamples_files(self, path: Path) -> bool:
         return True  # periodic grids, x_j = j / s
 
-    def test_fraction(self, path: Path) -> float | None:
-        return TEST_FRACTION if is_pdebench(path) else None
-
-    def sample_count(self, path: Path) -> int:
-        if not is_pdebench(path):
-            return super().sample_count(path)
-        with open_h5(path, "Burgers data file") as f:
-            return self._pdebench_tensor(f, path).shape[0]
-
     def read_samples(self, path: Path, rows: slice, resolutions: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """PDEBench: ``u(t_0)`` and the task's times of the samples ``rows``, read at the grid ``resolutions`` need."""
         if not is_pdebench(path):
@@ -241,6 +232,8 @@ class BurgersDataModule(PDEDataModule):
             log.warning("%s is named for nu=%s but viscosity=%g: the file is used as it is", source, nu.group(1),
                         self.viscosity)
         return ds
+
+    _pdebench_samples = _pdebench_tensor
 
     def _pdebench_times(self, n_times: int, source: str) -> list[int]:
         """The stored time indices that form ``y``."""

@@ -33,7 +33,7 @@ from torch import Tensor
 from datamodules.base import Generated, PDEDataModule, as_fields
 from datamodules.grf import sample_grf_2d
 from datamodules.io import check_keys, load_pt
-from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
+from datamodules.pdebench import PDEBenchFiles, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.solvers.darcy import solve_darcy
 
 __all__ = ["DarcyDataModule", "A_HIGH", "A_LOW"]
@@ -42,7 +42,7 @@ A_HIGH, A_LOW = 12.0, 3.0  # psi(g): permeability where g >= 0 and where g < 0
 _PDEBENCH_LAYOUT = "2-D Darcy layout: 'nu' (N, X, Y) input, 'tensor' (N, 1, X, Y) output, x-/y-coordinate"
 
 
-class DarcyDataModule(PDEDataModule):
+class DarcyDataModule(PDEBenchFiles, PDEDataModule):
     """Darcy flow in 2-D: one input channel (permeability), one output channel (pressure).
 
     Defaults: 1000 training samples on a 33x33 grid (900 train / 100 validation) and 100 test samples at 33x33
@@ -60,6 +60,7 @@ class DarcyDataModule(PDEDataModule):
     """
 
     name = "darcy"
+    file_kind = "Darcy data file"
     n_dims = 2
     in_channels = 1
     out_channels = 1
@@ -111,15 +112,6 @@ class DarcyDataModule(PDEDataModule):
     def subsamples_files(self, path: Path) -> bool:
         return is_pdebench(path)
 
-    def test_fraction(self, path: Path) -> float | None:
-        return TEST_FRACTION if is_pdebench(path) else None
-
-    def sample_count(self, path: Path) -> int:
-        if not is_pdebench(path):
-            return super().sample_count(path)
-        with open_h5(path, "Darcy data file") as f:
-            return self._pdebench_arrays(f, path)[0].shape[0]
-
     def read_samples(self, path: Path, rows: slice, resolutions: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """PDEBench: ``nu`` -> ``tensor`` of the samples ``rows``, read at the grid ``resolutions`` need."""
         if not is_pdebench(path):
@@ -144,6 +136,9 @@ class DarcyDataModule(PDEDataModule):
         if nu.shape[1] != nu.shape[2]:
             raise ValueError(f"{source}: the grid {nu.shape[1:]} is not square; DarcyDataModule takes square grids")
         return nu, u
+
+    def _pdebench_samples(self, f, path: Path):
+        return self._pdebench_arrays(f, path)[0]
 
     def read_file(self, path: Path) -> tuple[Tensor, Tensor]:
         """neuraloperator's Darcy ``.pt``: ``{"x": (N, s, s), "y": (N, s, s)}`` (a channel axis of 1 is accepted)."""

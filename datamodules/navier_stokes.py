@@ -65,10 +65,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import Generated, PDEDataModule
+from datamodules.base import Generated, PDEDataModule, check_positive_int
 from datamodules.grf_periodic import sample_grf_periodic
 from datamodules.io import check_keys, load_pt
-from datamodules.pdebench import TEST_FRACTION, dataset, grid_stride, is_pdebench, open_h5, read_rows
+from datamodules.pdebench import PDEBenchFiles, dataset, grid_stride, is_pdebench, open_h5, read_rows
 from datamodules.public_formats import load_mat, mat_shape
 from datamodules.solvers.navier_stokes import fno_forcing, solve_navier_stokes
 from datamodules.solvers.spectral import solver_threads
@@ -93,7 +93,7 @@ def vorticity(velocity: np.ndarray) -> np.ndarray:
     return dvy_dx - dvx_dy
 
 
-class NavierStokesDataModule(PDEDataModule):
+class NavierStokesDataModule(PDEBenchFiles, PDEDataModule):
     """2-D Navier-Stokes vorticity on the unit torus; batches ``x`` (B, t_in or 1, s, s), ``y`` (B, t_out or 1, s, s).
 
     Defaults: 1000 training (900 train / 100 validation) and 200 test trajectories of 20 snapshots at 64x64,
@@ -127,6 +127,7 @@ class NavierStokesDataModule(PDEDataModule):
     """
 
     name = "navier_stokes"
+    file_kind = "Navier-Stokes data file"
     n_dims = 2
     in_channels = 10
     out_channels = 10
@@ -159,8 +160,7 @@ class NavierStokesDataModule(PDEDataModule):
         if task not in TASKS:
             raise ValueError(f"task={task!r} is invalid; use one of {list(TASKS)}")
         for arg, value in (("t_in", t_in), ("t_out", t_out)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{arg}={value!r} is invalid; use an integer >= 1")
+            check_positive_int(arg, value)
         if not isinstance(solve_resolution, int) or solve_resolution < 8 or solve_resolution % 2:
             raise ValueError(f"solve_resolution={solve_resolution!r} is invalid; use an even integer >= 8, e.g. 64")
         if not viscosity >= 0 or not snapshot_interval > 0 or not grf_scale > 0:
@@ -177,8 +177,7 @@ class NavierStokesDataModule(PDEDataModule):
             raise ValueError(f"dt={dt!r} is invalid; use a step > 0, or null for the automatic CFL step")
         self.task = task
         self.t_in, self.t_out = t_in, t_out
-        if not isinstance(time_stride, int) or isinstance(time_stride, bool) or time_stride < 1:
-            raise ValueError(f"time_stride={time_stride!r} is invalid; use an integer >= 1")
+        check_positive_int("time_stride", time_stride)
         self.time_stride = time_stride
         self.pdebench = self.train_file is not None and is_pdebench(self.train_file)
         extra = len(PDEBENCH_EXTRA_CHANNELS) if self.pdebench else 0
@@ -269,15 +268,9 @@ class NavierStokesDataModule(PDEDataModule):
         trajectories = self.train_file and (self._mat(Path(self.train_file)) or self.pdebench)
         return "trajectories" if trajectories else "samples"
 
-    def test_fraction(self, path: Path) -> float | None:
-        return TEST_FRACTION if is_pdebench(path) else None
-
     def sample_count(self, path: Path) -> int:
-        if is_pdebench(path):
-            with open_h5(path, "Navier-Stokes data file") as f:
-                return self._pdebench_arrays(f, path)[0].shape[0]
-        if not self._mat(path):
-            return super().sample_count(path)
+        if is_pdebench(path) or not self._mat(path):
+            return super().sample_count(path)  # PDEBench (PDEBenchFiles) or .pt
         shape = mat_shape(path, "u", "Navier-Stokes data file")
         if len(shape) != 4 or shape[1] != shape[2]:
             raise ValueError(
@@ -309,6 +302,9 @@ class NavierStokesDataModule(PDEDataModule):
                 f"{velocity.shape}; expected (N, T, X, Y, 1) and (N, X, Y, 2) ({_PDEBENCH_LAYOUT})"
             )
         return velocity, particles, force
+
+    def _pdebench_samples(self, f, path: Path):
+        return self._pdebench_arrays(f, path)[0]
 
     def _read_pdebench(self, path: Path, rows: slice, resolutions: Sequence[int] | None) -> tuple[Tensor, Tensor]:
         """The task's pairs of the trajectories ``rows``: vorticity from the velocity on the full grid, one

@@ -25,12 +25,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from datamodules.public_formats import check_subsampling
 
-__all__ = ["SUFFIXES", "TEST_FRACTION", "is_pdebench", "open_h5", "dataset", "read_rows", "grid_stride"]
+__all__ = [
+    "SUFFIXES", "TEST_FRACTION", "PDEBenchFiles", "is_pdebench", "open_h5", "dataset", "read_rows", "grid_stride"
+]
 
 SUFFIXES = (".h5", ".hdf5")
 TEST_FRACTION = 0.1  # PDEBench's test_ratio: the first 10% of a file
@@ -59,6 +62,28 @@ def open_h5(path: str | os.PathLike, what: str) -> Iterator:
         raise ValueError(f"{what} {path} could not be read ({err}); the file is corrupt or truncated") from None
     with f:
         yield f
+
+
+class PDEBenchFiles:
+    """What every ``PDEDataModule`` that also reads PDEBench's files says of them; list it before ``PDEDataModule``
+    among the bases. A PDEBench file has its own split (its first ``TEST_FRACTION`` tests, so ``train_file`` alone
+    is enough) and its sample count is read from one checked dataset, not by reading the file. The datamodule names
+    its files (``file_kind``, for messages) and gives ``_pdebench_samples(f, path)``: that dataset of the open file,
+    whose first axis counts the samples. Files of other formats go to the next base."""
+
+    file_kind: ClassVar[str]
+
+    def test_fraction(self, path: Path) -> float | None:
+        return TEST_FRACTION if is_pdebench(path) else super().test_fraction(path)
+
+    def sample_count(self, path: Path) -> int:
+        if not is_pdebench(path):
+            return super().sample_count(path)
+        with open_h5(path, self.file_kind) as f:
+            return self._pdebench_samples(f, path).shape[0]
+
+    def _pdebench_samples(self, f, path: Path):
+        raise NotImplementedError(f"{type(self).__name__} reads PDEBench files but gives no _pdebench_samples")
 
 
 def dataset(f, key: str, shape: str, ndim: int, source: str, layout: str):

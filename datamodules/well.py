@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.base import Fields, PDEDataModule, TestSet, grid_name
+from datamodules.base import Fields, PDEDataModule, TestSet, check_positive_int, grid_name
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ class WellDataModule(PDEDataModule):
         super().__init__(n_train=n_train, n_test=n_test, **kwargs)
         for arg, value in (("n_steps_input", n_steps_input), ("n_steps_output", n_steps_output),
                            ("dt_stride", dt_stride), ("stride", stride)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{arg}={value!r} is invalid; use an integer >= 1")
+            check_positive_int(arg, value)
         if n_dims not in (1, 2, 3):
             raise ValueError(f"n_dims={n_dims!r} is invalid; The Well's datasets are 2-D or 3-D")
         self.well_dir = Path(well_dir)
