@@ -527,8 +527,16 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
     baseline = torch.optim.AdamW(module.model.parameters())
     flags = (("fused", module.fused_update), ("checkpointing", module.activation_checkpointing))
     name = type(chosen).__name__ + "".join(f" ({flag})" for flag, on in flags if on)
+    # the baseline is plain AdamW, as --measure trains it: ordinary steps, no activation checkpointing
+    if module.activation_checkpointing:
+        checkpoint_fno_layers(module.model, enabled=False)
+    try:
+        plain_estimate = estimate_memory(module.model, baseline, shape, input_dtype=dtype)
+    finally:
+        if module.activation_checkpointing:
+            checkpoint_fno_layers(module.model)
     estimates = {
-        "AdamW": estimate_memory(module.model, baseline, shape, input_dtype=dtype),
+        "AdamW": plain_estimate,
         name: estimate_memory(
             module.model, chosen, shape, fused_update=module.fused_update, input_dtype=dtype
         ),

@@ -33,6 +33,7 @@ from torchmetrics import MetricCollection
 from app.lr_schedules import CosineToEnd
 from app.metrics import BANDS, RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss, SpectralBandError
 from app.param_groups import split_param_groups
+from app.precision import check_precision
 from app.resume import DATA_IDENTITY_KEY, data_differences
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,9 @@ class OperatorModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
+        if self._trainer is not None:  # before Lightning casts the module or runs a step (app.precision)
+            check_precision(self.model, self.trainer.precision, self.trainer.strategy.root_device.type,
+                            getattr(dm, "resolutions", None) or None)
         if dm is None:
             log.warning("no datamodule attached: outputs are not de-normalised (y_mean=0, y_std=1)")
             return
