@@ -7,7 +7,7 @@ Each row builds the product from its configs (``configs/paper/darcy.yaml`` on to
 the row's overrides, through ``tgalore``'s own CLI) and trains it for two steps with a Lightning ``Trainer`` on one
 random batch: step 1 creates the optimizer state (and the first Tucker subspaces), step 2 runs with it. The peak over
 both steps is measured with torch's ``MemTracker`` (tensor bytes per category, not RSS; on CUDA also
-``max_memory_allocated``), see ``app.memory.measure_training_steps``. Rows run one after another in one process,
+``max_memory_allocated``), see ``app.memory_measure.measure_training_steps``. Rows run one after another in one process,
 each model freed before the next. Next to each measurement: the estimate of ``app.memory_estimate`` at the same
 size, and the estimates at the paper's own sizes (batch 16 at 128x128 and 421x421), which no CPU here can train.
 """
@@ -72,15 +72,13 @@ def estimate(module, shape, dtype=torch.float32) -> dict[str, int]:
 
 
 def measure_row(overrides: list[str], batch: int, grid: int, seed: int = 0) -> dict:
-    from app.memory_measure import measure_training_steps
+    from app.memory_measure import measure_training_steps, random_batch
 
     module, dm = build(overrides)
     shape = (batch, dm.in_channels, grid, grid)
     est = estimate(module, shape)
     paper = {f"{b}x{g}": estimate(module, (b, dm.in_channels, g, g))["total"] for b, g in ((16, 128), (16, 421))}
-    gen = torch.Generator().manual_seed(seed)
-    y_shape = (batch, dm.out_channels, grid, grid)
-    data = {"x": torch.randn(shape, generator=gen), "y": torch.randn(y_shape, generator=gen)}
+    data = random_batch(shape, dm.out_channels, torch.complex64 if dm.complex_data else torch.float32, seed)
     torch.manual_seed(seed)
     measured = measure_training_steps(module, data, steps=2, accelerator="cpu")
     del module, dm, data
@@ -130,7 +128,10 @@ def render(rows: dict[str, dict], batch: int, grid: int) -> str:
         "peak (they sum to it); *temporaries* are tensors created in the backward pass (gradients of activations, "
         "FFT outputs), the optimizer step's workspace and the batch. Step time: wall time of step 2 (no subspace "
         "refresh) relative to AdamW's, one run each, tracker on; checkpointing recomputes the forward pass of every "
-        "FNO layer and of the lifting and projection in backward.",
+        "FNO layer and of the lifting and projection in backward. In every row the dense spectral contraction "
+        "writes each weight's gradient into one contiguous buffer, a chunk of Fourier modes at a time "
+        "(`app.fno_memory.contract_dense`: no second, contiguous copy by autograd), and with checkpointing the "
+        "recomputed FNO layer frees its skip and spectral outputs once summed (`app.fno_memory.LeanFNOLayers`).",
         "",
         "Estimate (`app.memory_estimate`, what `tgalore memory` prints) against the measurement, MiB: each "
         "category's estimate vs its own maximum over the two steps; the total vs the measured peak.",
