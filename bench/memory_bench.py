@@ -1,6 +1,6 @@
 """Peak memory of a real training step of the paper's Darcy model, measured, with every lever.
 
-    python -m bench.memory_bench                     # batch 16 at 129x129 (configs/paper/darcy.yaml), ~20 min
+    python -m bench.memory_bench                     # batch 16 at 129x129 (configs/paper/darcy.yaml), ~25 min
     python -m bench.memory_bench --batch 2 --grid 65 --no-write   # a quick look
 
 Each row builds the product from its configs (``configs/paper/darcy.yaml`` on top of ``configs/defaults.yaml``, plus
@@ -159,18 +159,31 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--grid", type=int, default=129)
-    p.add_argument("--only", nargs="+", help="measure only these rows (labels)")
+    p.add_argument("--only", nargs="+", help="measure only these rows (labels); written with the other rows of the "
+                   "last run at the same batch and grid (--json)")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "memory_bench.json")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     if args.batch < 1 or args.grid < 2:
         raise SystemExit(f"--batch must be >= 1 and --grid >= 2, got {args.batch} and {args.grid}")
     rows = run(args.batch, args.grid, args.only)
+    note = ""
+    if args.only and args.json.is_file():  # the other rows: the last run's, at the same batch and grid
+        saved = json.loads(args.json.read_text())
+        if (saved.get("batch"), saved.get("grid")) == (args.batch, args.grid):
+            kept = {k: v for k, v in saved["rows"].items() if k not in rows}
+            order = [label for label, _ in ROWS]
+            rows = {k: v for k, v in sorted({**kept, **rows}.items(), key=lambda kv: order.index(kv[0]))
+                    if k in order}
+            if kept:
+                names = ", ".join(f"`{k}`" for k in args.only)
+                note = (f"\n\nRe-measured later with `--only`: {names}; the other rows are from the last run at this "
+                        "batch and grid.")
     if "AdamW" not in rows:
         raise SystemExit("the AdamW row is the baseline of every ratio; include it in --only")
     body = "## Memory: measured peak of a training step, the paper's Darcy model (issue 19)\n\n" + render(
         rows, args.batch, args.grid
-    )
+    ) + note
     print(body)
     if not args.no_write:
         args.json.write_text(json.dumps({"batch": args.batch, "grid": args.grid, "rows": rows}, indent=1))
