@@ -486,7 +486,7 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
     import torch
 
     from app.memory_estimate import estimate_memory
-    from app.memory_measure import CATEGORIES, measure_training_steps
+    from app.memory_measure import CATEGORIES, measure_training_steps, random_batch
     from app.module import checkpoint_fno_layers
 
     extra = argparse.ArgumentParser(prog="tgalore memory", add_help=False)
@@ -553,9 +553,7 @@ def memory_main(args: list[str]) -> dict[str, dict[str, int]]:
 
         plain = checkpoint_fno_layers(copy.deepcopy(module.model), enabled=False) if module.activation_checkpointing \
             else copy.deepcopy(module.model)
-        gen = torch.Generator().manual_seed(0)
-        batch = {"x": torch.randn(shape, dtype=dtype, generator=gen),
-                 "y": torch.randn((dm.batch_size, dm.out_channels, *grid), dtype=dtype, generator=gen)}
+        batch = random_batch(shape, dm.out_channels, dtype)
         accelerator = cli.trainer.accelerator.__class__.__name__.replace("Accelerator", "").lower() or "cpu"
         for key, mod in (("AdamW", OperatorModule(plain, loss=module.loss_fn)), (name, module)):
             measured = measure_training_steps(mod, batch, accelerator=accelerator, precision=cli.trainer.precision)

@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from app.memory import optimizer_state_bytes
 
-__all__ = ["CATEGORIES", "MeasuredPeak", "StepMemoryProbe", "measure_training_steps"]
+__all__ = ["CATEGORIES", "MeasuredPeak", "StepMemoryProbe", "measure_training_steps", "random_batch"]
 
 
 CATEGORIES = ("params", "grads", "optimizer_state", "activations", "temporaries")
@@ -165,6 +165,17 @@ def _result(tracker, optimizer, device: torch.device, seconds: tuple[float, ...]
     cuda = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return MeasuredPeak(peak=peak, at_peak=at_peak, max_by_category=maxima, cuda_max_allocated=cuda,
                        step_seconds=seconds)
+
+
+def random_batch(
+    input_shape, out_channels: int, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A seeded random batch ``{"x", "y"}`` to measure training steps on: ``x`` of ``input_shape`` (batch,
+    channels, *grid), ``y`` with ``out_channels`` on the same grid (memory does not depend on the values)."""
+    batch, _, *grid = tuple(input_shape)
+    gen = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(tuple(input_shape), dtype=dtype, generator=gen),
+            "y": torch.randn((batch, out_channels, *grid), dtype=dtype, generator=gen)}
 
 
 def measure_training_steps(

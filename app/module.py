@@ -30,6 +30,7 @@ from torch.nn.modules.loss import _Loss  # torch's loss base class: the CLI's --
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import MetricCollection
 
+from app.fno_memory import LeanFNOLayers, install_sliced_contraction
 from app.lr_schedules import CosineToEnd
 from app.metrics import BANDS, RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss, SpectralBandError
 from app.param_groups import split_param_groups
@@ -53,8 +54,9 @@ class _Recomputed:
         return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
 
 
-class CheckpointedFNOBlocks(_Recomputed, FNOBlocks):
-    """neuraloperator's ``FNOBlocks``, each FNO layer (spectral convolution, skip, channel MLP) recomputed."""
+class CheckpointedFNOBlocks(_Recomputed, LeanFNOLayers, FNOBlocks):
+    """neuraloperator's ``FNOBlocks``, each FNO layer (spectral convolution, skip, channel MLP) recomputed; the
+    recomputed layer frees each intermediate after its last use (``app.fno_memory.LeanFNOLayers``)."""
 
 
 class CheckpointedChannelMLP(_Recomputed, ChannelMLP):
@@ -208,6 +210,8 @@ class OperatorModule(LightningModule):
         self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:
             checkpoint_fno_layers(model)
+        # one contiguous weight gradient per dense spectral convolution, not two (same values; app.fno_memory)
+        install_sliced_contraction(model)
         self.model = model
         self.loss_fn = loss if loss is not None else RelativeL2Loss()
         self.optimizer_factory = optimizer

@@ -1,13 +1,13 @@
 """Peak memory of a real training step of the paper's Darcy model, measured, with every lever.
 
-    python -m bench.memory_bench                     # batch 16 at 129x129 (configs/paper/darcy.yaml), ~20 min
+    python -m bench.memory_bench                     # batch 16 at 129x129 (configs/paper/darcy.yaml), ~25 min
     python -m bench.memory_bench --batch 2 --grid 65 --no-write   # a quick look
 
 Each row builds the product from its configs (``configs/paper/darcy.yaml`` on top of ``configs/defaults.yaml``, plus
 the row's overrides, through ``tgalore``'s own CLI) and trains it for two steps with a Lightning ``Trainer`` on one
 random batch: step 1 creates the optimizer state (and the first Tucker subspaces), step 2 runs with it. The peak over
 both steps is measured with torch's ``MemTracker`` (tensor bytes per category, not RSS; on CUDA also
-``max_memory_allocated``), see ``app.memory.measure_training_steps``. Rows run one after another in one process,
+``max_memory_allocated``), see ``app.memory_measure.measure_training_steps``. Rows run one after another in one process,
 each model freed before the next. Next to each measurement: the estimate of ``app.memory_estimate`` at the same
 size, and the estimates at the paper's own sizes (batch 16 at 128x128 and 421x421), which no CPU here can train.
 """
@@ -72,15 +72,13 @@ def estimate(module, shape, dtype=torch.float32) -> dict[str, int]:
 
 
 def measure_row(overrides: list[str], batch: int, grid: int, seed: int = 0) -> dict:
-    from app.memory_measure import measure_training_steps
+    from app.memory_measure import measure_training_steps, random_batch
 
     module, dm = build(overrides)
     shape = (batch, dm.in_channels, grid, grid)
     est = estimate(module, shape)
     paper = {f"{b}x{g}": estimate(module, (b, dm.in_channels, g, g))["total"] for b, g in ((16, 128), (16, 421))}
-    gen = torch.Generator().manual_seed(seed)
-    y_shape = (batch, dm.out_channels, grid, grid)
-    data = {"x": torch.randn(shape, generator=gen), "y": torch.randn(y_shape, generator=gen)}
+    data = random_batch(shape, dm.out_channels, torch.complex64 if dm.complex_data else torch.float32, seed)
     torch.manual_seed(seed)
     measured = measure_training_steps(module, data, steps=2, accelerator="cpu")
     del module, dm, data
@@ -130,7 +128,10 @@ def render(rows: dict[str, dict], batch: int, grid: int) -> str:
         "peak (they sum to it); *temporaries* are tensors created in the backward pass (gradients of activations, "
         "FFT outputs), the optimizer step's workspace and the batch. Step time: wall time of step 2 (no subspace "
         "refresh) relative to AdamW's, one run each, tracker on; checkpointing recomputes the forward pass of every "
-        "FNO layer and of the lifting and projection in backward.",
+        "FNO layer and of the lifting and projection in backward. In every row the dense spectral contraction "
+        "writes each weight's gradient into one contiguous buffer, a chunk of Fourier modes at a time "
+        "(`app.fno_memory.contract_dense`: no second, contiguous copy by autograd), and with checkpointing the "
+        "recomputed FNO layer frees its skip and spectral outputs once summed (`app.fno_memory.LeanFNOLayers`).",
         "",
         "Estimate (`app.memory_estimate`, what `tgalore memory` prints) against the measurement, MiB: each "
         "category's estimate vs its own maximum over the two steps; the total vs the measured peak.",
@@ -158,18 +159,31 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--grid", type=int, default=129)
-    p.add_argument("--only", nargs="+", help="measure only these rows (labels)")
+    p.add_argument("--only", nargs="+", help="measure only these rows (labels); written with the other rows of the "
+                   "last run at the same batch and grid (--json)")
     p.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "memory_bench.json")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     if args.batch < 1 or args.grid < 2:
         raise SystemExit(f"--batch must be >= 1 and --grid >= 2, got {args.batch} and {args.grid}")
     rows = run(args.batch, args.grid, args.only)
+    note = ""
+    if args.only and args.json.is_file():  # the other rows: the last run's, at the same batch and grid
+        saved = json.loads(args.json.read_text())
+        if (saved.get("batch"), saved.get("grid")) == (args.batch, args.grid):
+            kept = {k: v for k, v in saved["rows"].items() if k not in rows}
+            order = [label for label, _ in ROWS]
+            rows = {k: v for k, v in sorted({**kept, **rows}.items(), key=lambda kv: order.index(kv[0]))
+                    if k in order}
+            if kept:
+                names = ", ".join(f"`{k}`" for k in args.only)
+                note = (f"\n\nRe-measured later with `--only`: {names}; the other rows are from the last run at this "
+                        "batch and grid.")
     if "AdamW" not in rows:
         raise SystemExit("the AdamW row is the baseline of every ratio; include it in --only")
     body = "## Memory: measured peak of a training step, the paper's Darcy model (issue 19)\n\n" + render(
         rows, args.batch, args.grid
-    )
+    ) + note
     print(body)
     if not args.no_write:
         args.json.write_text(json.dumps({"batch": args.batch, "grid": args.grid, "rows": rows}, indent=1))

@@ -47,6 +47,16 @@ def test_every_config_parses_and_instantiates(config, tmp_path):
     assert cli.model.model.in_channels == cli.datamodule.in_channels
 
 
+@pytest.mark.parametrize("config", ["tensorgrad.yaml", "tensorgrad_bf16.yaml"])
+def test_tensorgrad_configs_over_the_default_optimizer_keep_tensorgrads_rank_and_sparse_part(config, tmp_path):
+    # switching class_path keeps the earlier class's resolved init_args (Tensor-GaLore's rank 0.25, sparse_ratio 0)
+    cli = cli_main(["-c", str(REPO / "configs" / "optim" / config), f"--trainer.default_root_dir={tmp_path}"],
+                   run=False)
+    opt = cli.model.optimizer_factory([{"params": [torch.nn.Parameter(torch.zeros(2))]}])
+    assert type(opt).__name__ == "TensorGRaDAdamW"
+    assert (opt.defaults["rank"], opt.defaults["sparse_ratio"]) == (0.2, 0.05)
+
+
 def test_fit_fast_dev_run(tmp_path):
     cli_main(["fit", *tiny_args(tmp_path), "--trainer.fast_dev_run=2", "--test_after_fit=false"])
 

@@ -151,7 +151,8 @@ def to_bfloat16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     if generator is None:
         return r.to(torch.bfloat16)
     noise = torch.randint(0, 1 << 16, r.shape, generator=generator, device=r.device, dtype=torch.int32)
-    bits = (r.view(torch.int32) + noise).bitwise_and_(-65536)  # keep the high 16 bits: exactly a bfloat16
+    # bits + noise, written into the noise (no second full-size int32 tensor); keep the high 16 bits: a bfloat16
+    bits = noise.add_(r.view(torch.int32)).bitwise_and_(-65536)
     return bits.view(torch.float32).to(torch.bfloat16)
 
 

@@ -641,7 +641,11 @@ class TensorGaLoreAdamW(Optimizer):
             )
         self._update_sparse(group, items, hyper)
         if bf16:
+            # the update is done: drop this step's projected gradients and the float moments (the state keeps
+            # them until each is rounded) before the rounding's workspace is allocated
+            del grads, exp_avgs, exp_avg_sqs, residual_grads
             for it in items:
+                it.core = it.sparse_values = it.grad = None
                 self._encode_moments(it, self.state[it.param], group)
 
     # -------------------------------------------------------------------------------- the sparse part

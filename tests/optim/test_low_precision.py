@@ -52,6 +52,16 @@ def test_nearest_rounding_is_round_to_nearest_and_stochastic_rounding_is_unbiase
     assert torch.allclose(sparse.from_bfloat16(sparse.to_bfloat16(z, _gen(2)), torch.complex64), z, rtol=1e-2)
 
 
+def test_stochastic_rounding_adds_the_generators_16_bits_below_the_kept_half():
+    """The rounding's bits are pinned (a resumed or sharded run draws the same numbers): float32 bits plus 16
+    random bits from the generator, the low half cut off, for real and complex (real, imaginary) values."""
+    for x in (torch.randn(999, generator=_gen(3)), torch.randn(333, dtype=torch.complex64, generator=_gen(4))):
+        r = torch.view_as_real(x) if x.is_complex() else x
+        noise = torch.randint(0, 1 << 16, r.shape, generator=_gen(7), dtype=torch.int32)
+        want = ((r.view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+        assert torch.equal(sparse.to_bfloat16(x, _gen(7)).view(torch.int16), want.view(torch.int16))
+
+
 def test_stochastic_rounding_keeps_a_slow_second_moment_average_moving_where_nearest_freezes_it():
     beta2, target, steps = 0.999, 0.5, 1000
     exact = target + (1.0 - target) * beta2**steps
