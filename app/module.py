@@ -33,6 +33,7 @@ from torchmetrics import MetricCollection
 from app.fno_memory import LeanFNOLayers, install_sliced_contraction
 from app.lr_schedules import CosineToEnd
 from app.metrics import BANDS, RelativeH1, RelativeH1Loss, RelativeL2, RelativeL2Loss, SpectralBandError
+from app.optim import TensorGRaDAdamW
 from app.param_groups import split_param_groups
 from app.precision import check_precision
 from app.resume import DATA_IDENTITY_KEY, data_differences
@@ -93,6 +94,22 @@ def checkpoint_fno_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
         elif not enabled and cls in _PLAIN:
             sub.__class__ = _PLAIN[cls]
     return model
+
+
+def _check_tensorgrad_has_sparse_part(optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a ``TensorGRaDAdamW`` without a sparse part. A config that switches ``model.optimizer.class_path``
+    (e.g. ``-c configs/optim/...`` over the default Tensor-GaLore) keeps the earlier class's init_args that the new
+    class accepts, so the preset's own ``rank=0.2, sparse_ratio=0.05`` silently become Tensor-GaLore's 0.25 and 0."""
+    if not isinstance(optimizer, TensorGRaDAdamW):
+        return
+    if not any(g.get("galore") and g.get("sparse_ratio", 0) > 0 for g in optimizer.param_groups):
+        raise ValueError(
+            f"TensorGRaDAdamW with sparse_ratio={optimizer.defaults.get('sparse_ratio')} has no sparse part: it is "
+            f"plain Tensor-GaLore (rank {optimizer.defaults.get('rank')}). A config that switches "
+            f"model.optimizer.class_path keeps the earlier class's init_args; set "
+            f"model.optimizer.init_args.sparse_ratio (TensorGRaD's 0.05) and rank (0.2) explicitly, or use "
+            f"app.optim.TensorGaLoreAdamW"
+        )
 
 
 def _is_plain(value: Any) -> bool:
@@ -414,6 +431,7 @@ class OperatorModule(LightningModule):
             optimizer = torch.optim.AdamW(groups)
         else:
             optimizer = self.optimizer_factory(groups)
+            _check_tensorgrad_has_sparse_part(optimizer)
         optimizer = self._sharded(optimizer)
         if self.scheduler_factory is None:
             return optimizer

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.cli import cli_main
+from app.cli import cli_main, main
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
@@ -55,6 +55,21 @@ def test_tensorgrad_configs_over_the_default_optimizer_keep_tensorgrads_rank_and
     opt = cli.model.optimizer_factory([{"params": [torch.nn.Parameter(torch.zeros(2))]}])
     assert type(opt).__name__ == "TensorGRaDAdamW"
     assert (opt.defaults["rank"], opt.defaults["sparse_ratio"]) == (0.2, 0.05)
+
+
+def test_switching_to_tensorgrad_without_a_sparse_part_stops_before_training(tmp_path, monkeypatch, capsys):
+    # --model.optimizer=TensorGRaDAdamW over the default Tensor-GaLore keeps its sparse_ratio 0: no sparse part
+    monkeypatch.setattr(sys, "argv", ["tgalore", "fit", *tiny_args(tmp_path),
+                                      "--model.optimizer=app.optim.TensorGRaDAdamW"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    message = "error: TensorGRaDAdamW with sparse_ratio=0.0 has no sparse part"
+    assert len(errors) == 1 and errors[0].startswith(message), err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_fit_fast_dev_run(tmp_path):
