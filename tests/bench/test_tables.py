@@ -71,6 +71,13 @@ def test_tiny_mode_trains_through_the_product_and_writes_only_its_section(tmp_pa
     text = md.read_text()
     assert "someone else's table" in text and text.count(tables.START) == 1
     assert "#### 100 training samples" in text and "**Reading**" in text
+    # one dataset again (its runs come from the cache), the other one's results kept from the saved file
+    assert tables.main([*argv, "--datasets", "tiny_darcy16_n100", "--keep-saved"]) == 0
+    merged = json.loads(out.read_text())
+    assert sorted(r["dataset"] for r in merged["results"]) == sorted(r["dataset"] for r in saved["results"])
+    assert merged["meta"]["trained"] == [["regularisation", "tiny_darcy16_n100"]]
+    assert merged["meta"]["earlier"][0]["trained"] == [["regularisation", "tiny_darcy16_n250"]]
+    assert "#### 250 training samples" in md.read_text() and "Results kept from earlier commands" in md.read_text()
 
 
 def _saved(command, studies_, results):
