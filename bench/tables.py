@@ -340,7 +340,8 @@ def render(saved: dict[str, Any]) -> str:
         "",
         *_kept_lines(meta),
         "Every figure comes from `tgalore fit` runs (`app.cli.cli_main(args, run=False)` and its Trainer, one process "
-        "per method and dataset): the default job's configs, the dataset's and the optimizer's shipped configs, "
+        "per method and dataset): the default job's configs (`app.cli.DEFAULT_CONFIGS`), the dataset's and the "
+        "optimizer's shipped configs, "
         "`configs/bench/base.yaml` (budget in optimizer steps, per-step cosine decay to 0, no validation passes, "
         "no checkpoints: the *final* model is tested) and a per-run YAML delta (seed, steps, the method's overrides; "
         "`bench/studies.py`). The seed (`seed_everything`) sets the initialisation; data and batch order are the "
