@@ -45,6 +45,56 @@ def rows_of(study: studies.Study, results: list[dict]) -> list[dict]:
     return out
 
 
+DEFAULT_ROW = "tg_proj_modes_2"  # configs/optim/tensor_galore.yaml as shipped: the class defaults after grouping
+#: per class default, (the row with the default, the row with the alternative, what the alternative is): the
+#: paired change alternative / default - 1 says whether the default is the better setting
+CHOICES: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("update_proj_gap=50", (("tg_component_50_1", "tg_component_200_1", "gap 200 (every mode, scale 1)"),)),
+    ('scale="auto" (2 here)', ((DEFAULT_ROW, "tg_proj_modes_1", "scale 1"), (DEFAULT_ROW, "tg_proj_modes_3", "scale 3"),
+                               ("tg_component_50_2", "tg_component_50_1", "scale 1, every mode"),
+                               ("tg_component_50_2", "tg_component_50_3", "scale 3, every mode"))),
+    ('proj_modes="auto" (channel modes [0, 1])', ((DEFAULT_ROW, "tg_component_50_2", "every mode"),
+                                                  (DEFAULT_ROW, "tg_channel_halves", "rank [0.5, 0.5, 1, 1]"))),
+)
+
+
+def reading(rows: list[dict]) -> str:
+    """The study's answer, from the numbers: for each class default, the paired change of each alternative row
+    against the row with the default (lower beyond 2 standard errors means the alternative measured better), and
+    whether the defaults are the measured best or within noise of it."""
+    by = {r["key"]: r for r in rows}
+    if any(k not in by or not by[k]["test"] for k in (DEFAULT_ROW, "adamw")):
+        return "**Reading:** not available (the defaults row or AdamW has no finished run)."
+    parts, beaten = [], []
+    for default, pairs in CHOICES:
+        cells = []
+        for ref, alt, what in pairs:
+            if not (by.get(ref) and by.get(alt) and by[ref]["test"] and by[alt]["test"]):
+                cells.append(f"{what}: not run")
+                continue
+            m, sd, n, _ = tables.paired(by[alt]["test"], by[ref]["test"])
+            v = tables.verdict(m, sd, n)
+            cells.append(f"{what} {tables._pct(m)} ± {100 * sd:.1f} ({v})")
+            if v == "lower":
+                beaten.append(f"{default}: {what} ({tables._pct(m)})")
+        parts.append(f"{default} — alternative vs default: " + "; ".join(cells))
+    m, sd, n, _ = tables.paired(by[DEFAULT_ROW]["test"], by["adamw"]["test"])
+    text = (f"**Reading** (generated from the numbers; paired test-L2 changes over seeds, *lower* / *higher* beyond "
+            f"2 standard errors): the shipped row (`{by[DEFAULT_ROW]['label']}`, i.e. the class defaults after "
+            f"`split_param_groups`) vs AdamW: {tables._pct(m)} ± {100 * sd:.1f} ({tables.verdict(m, sd, n)}). "
+            + ". ".join(parts) + ". ")
+    lr = by.get("adamw_lr1e-2")
+    if lr and lr["test"]:
+        m, sd, n, _ = tables.paired(lr["test"], by["adamw"]["test"])
+        text += (f"AdamW at 2× lr vs AdamW: {tables._pct(m)} ± {100 * sd:.1f} ({tables.verdict(m, sd, n)}), so a "
+                 "gain from a larger scale can be step size rather than the subspace. ")
+    if beaten:
+        return text + ("**Not every default is the measured best here**: an alternative is lower beyond the noise "
+                       "for " + "; ".join(beaten) + ".")
+    return text + ("**The class defaults are the measured best or within noise of it**: no alternative setting is "
+                   "lower than the default beyond 2 standard errors (with 3 seeds that threshold is loose).")
+
+
 def render(rows: list[dict], study: studies.Study, minutes: float, command: str) -> str:
     ref = next(r for r in rows if r["key"] == "adamw")
     lines = [
@@ -65,7 +115,7 @@ def render(rows: list[dict], study: studies.Study, minutes: float, command: str)
         rel = "—" if r["key"] == "adamw" else tables.paired_cell(r["test"], ref["test"])
         lines.append(f"| {r['label']} | {r['change']} | {state} | {tables.cell(r['test'])} | {rel} "
                      f"| {tables.cell(r['train'])} | {r['failed']} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", reading(rows)])
 
 
 def main(argv: list[str] | None = None) -> int:

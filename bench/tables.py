@@ -5,6 +5,7 @@ table; writes the raw results and the ``tables`` section of BENCHMARKS.md.
     python -m bench.tables --studies regularisation sweep
     python -m bench.tables --quick               # CI-sized smoke test: 1 seed, 20 steps (writes under bench/out)
     python -m bench.tables --from-json bench/results/tables.json   # re-render, no training
+    python -m bench.tables --studies main --datasets burgers --keep-saved   # one dataset; keep the other results
 
 Every run is ``tgalore fit`` composed from the shipped configs plus a YAML delta (``bench.studies``), in its own
 process (``bench.harness``; one process per method and dataset, its seeds in turn). Set ``BENCH_LAUNCHER`` to
@@ -22,6 +23,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -336,8 +338,10 @@ def render(saved: dict[str, Any]) -> str:
         f"waits for a CPU slot included). Hardware: "
         f"{harness.hardware_line(meta['hardware'], _threads(results))}. Raw results: `{meta.get('results', '?')}`.",
         "",
+        *_kept_lines(meta),
         "Every figure comes from `tgalore fit` runs (`app.cli.cli_main(args, run=False)` and its Trainer, one process "
-        "per method and dataset): the default job's configs, the dataset's and the optimizer's shipped configs, "
+        "per method and dataset): the default job's configs (`app.cli.DEFAULT_CONFIGS`), the dataset's and the "
+        "optimizer's shipped configs, "
         "`configs/bench/base.yaml` (budget in optimizer steps, per-step cosine decay to 0, no validation passes, "
         "no checkpoints: the *final* model is tested) and a per-run YAML delta (seed, steps, the method's overrides; "
         "`bench/studies.py`). The seed (`seed_everything`) sets the initialisation; data and batch order are the "
@@ -360,7 +364,11 @@ def render(saved: dict[str, Any]) -> str:
             for d in study.datasets:
                 lines += render_dataset(study, results, d)
     not_run = [n for n in studies.TABLES if n not in saved["studies"]]
-    missing = sorted({(r["study"], r["dataset"]) for r in results if r.get("not_run")})
+    missing = {(r["study"], r["dataset"]) for r in results if r.get("not_run")}
+    for name in saved["studies"]:  # datasets left out (--datasets) have no record at all
+        missing |= {(name, d.key) for d in _study(saved, name).datasets
+                    if not any(r["study"] == name and r["dataset"] == d.key for r in results)}
+    missing = sorted(missing)
     if not_run or missing:
         lines += ["### Not run in this session", ""]
         lines += [f"- study `{n}`: `python -m bench.tables --studies {n}`" for n in not_run]
@@ -368,6 +376,41 @@ def render(saved: dict[str, Any]) -> str:
                   for s, d in missing]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _kept_lines(meta: dict[str, Any]) -> list[str]:
+    """What ``--keep-saved`` kept: the earlier commands and the (study, dataset) pairs whose results come from them."""
+    earlier = meta.get("earlier") or []
+    if not earlier:
+        return []
+    lines = ["Results kept from earlier commands (`--keep-saved`; each study and dataset comes from the last command "
+             "that trained it):", ""]
+    for e in earlier:
+        pairs = ", ".join(f"`{s}/{d}`" for s, d in e["trained"]) or "nothing"
+        lines.append(f"- `{e['command']}`: {pairs}; hardware: {harness.hardware_line(e['hardware'])}.")
+    return [*lines, ""]
+
+
+def _pairs(results: list[dict]) -> list[tuple[str, str]]:
+    """The (study, dataset) pairs with at least one run that was started (not only "not run" records)."""
+    return sorted({(r["study"], r["dataset"]) for r in results if not r.get("not_run")})
+
+
+def keep_saved(saved: dict[str, Any], old: dict[str, Any], trained: set[tuple[str, str]]) -> dict[str, Any]:
+    """``saved`` (this command's results) plus ``old``'s results for every (study, dataset) that this command did not
+    train; the studies of both, in ``studies.TABLES`` order; ``meta["earlier"]`` names the commands kept from."""
+    kept = [r for r in old["results"] if (r["study"], r["dataset"]) not in trained]
+    earlier = [dict(e, trained=[p for p in map(tuple, e["trained"]) if p not in trained])
+               for e in old["meta"].get("earlier", [])]
+    earlier.append({"command": old["meta"]["command"], "hardware": old["meta"]["hardware"],
+                    "trained": [p for p in map(tuple, old["meta"].get("trained") or _pairs(old["results"]))
+                                if p not in trained]})
+    names = set(saved["studies"]) | set(old["studies"])
+    return {
+        "meta": {**saved["meta"], "earlier": [e for e in earlier if e["trained"]]},
+        "studies": [n for n in studies.TABLES if n in names],
+        "results": kept + saved["results"],
+    }
 
 
 def _run_minutes(results: list[dict]) -> float:
@@ -405,9 +448,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=None,
                         help="raw results JSON (default bench/results/tables.json; --quick/--tiny: bench/out/)")
     parser.add_argument("--from-json", type=Path, default=None, help="re-render from saved results (no training)")
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="KEY",
+                        help="train only these datasets of the chosen studies (e.g. burgers); the others are "
+                             "not run, or kept with --keep-saved")
+    parser.add_argument("--keep-saved", action="store_true",
+                        help="keep the results of the --results file for every study and dataset this command "
+                             "does not train (they are re-rendered, not re-run)")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: give a positive number of optimizer steps")
+    if args.datasets is not None:
+        known = {d.key for n in args.studies for d in studies.shrink(studies.STUDIES[n], args.mode or "full").datasets}
+        unknown = [k for k in args.datasets if k not in known]
+        if unknown:
+            parser.error(f"--datasets {' '.join(unknown)}: not a dataset of the studies {' '.join(args.studies)}; "
+                         f"choose from {', '.join(sorted(known))}")
+    if args.keep_saved and args.from_json is not None:
+        parser.error("--keep-saved trains and merges; --from-json only re-renders: give one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     mode_name = args.mode or "full"
     scratch = mode_name != "full"
@@ -423,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         results: list[dict] = []
         for name in args.studies:
             study = studies.shrink(studies.STUDIES[name], mode_name, args.steps)
+            if args.datasets is not None:
+                study = replace(study, datasets=tuple(d for d in study.datasets if d.key in args.datasets))
             budget = None if args.budget_min is None else 60 * args.budget_min
             results += run_study(study, work, budget_s=budget, started=started, cached_only=args.cached_only)
         shown = [a for a in argv if a != "--cached-only"]  # the command that trains what is tabulated
@@ -430,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         saved = {
             "meta": {"command": command, "mode": mode_name, "steps": args.steps, "hardware": harness.hardware(),
                      "results": str(out_json.relative_to(REPO)) if out_json.is_relative_to(REPO) else str(out_json),
-                     "wall_s": time.perf_counter() - started},
+                     "wall_s": time.perf_counter() - started, "trained": _pairs(results)},
             "studies": list(args.studies),
             "results": results,
         }
+        if args.keep_saved and out_json.is_file():
+            saved = keep_saved(saved, json.loads(out_json.read_text()), set(_pairs(results)))
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(saved, indent=1) + "\n")
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -71,3 +71,43 @@ def test_tiny_mode_trains_through_the_product_and_writes_only_its_section(tmp_pa
     text = md.read_text()
     assert "someone else's table" in text and text.count(tables.START) == 1
     assert "#### 100 training samples" in text and "**Reading**" in text
+    # one dataset again (its runs come from the cache), the other one's results kept from the saved file
+    assert tables.main([*argv, "--datasets", "tiny_darcy16_n100", "--keep-saved"]) == 0
+    merged = json.loads(out.read_text())
+    assert sorted(r["dataset"] for r in merged["results"]) == sorted(r["dataset"] for r in saved["results"])
+    assert merged["meta"]["trained"] == [["regularisation", "tiny_darcy16_n100"]]
+    assert merged["meta"]["earlier"][0]["trained"] == [["regularisation", "tiny_darcy16_n250"]]
+    assert "#### 250 training samples" in md.read_text() and "Results kept from earlier commands" in md.read_text()
+
+
+def _saved(command, studies_, results):
+    return {"meta": {"command": command, "mode": "full", "steps": None, "hardware": {"cpu": "x", "cores": 2,
+                                                                                 "torch": "t"}},
+            "studies": studies_, "results": results}
+
+
+def test_keep_saved_replaces_only_what_was_trained_and_names_where_the_rest_comes_from():
+    main = studies.STUDIES["main"]
+    old_main = [dict(_run("darcy16", "adamw", s, 0.1, 0.05), study="main") for s in range(3)]
+    old_main += [dict(tables._not_run(spec)) for spec in studies.specs(main) if spec.dataset == "burgers"]
+    old_reg = [dict(_run("darcy16_n100", "adamw", s, 0.2, 0.1), study="regularisation") for s in range(3)]
+    old = _saved("python -m bench.tables --studies regularisation main", ["regularisation", "main"],
+                 old_reg + old_main)
+    new = [dict(_run("burgers", "adamw", s, 0.3, 0.2, name="res128"), study="main") for s in range(3)]
+    merged = tables.keep_saved(_saved("python -m bench.tables --studies main --datasets burgers", ["main"], new),
+                               old, {("main", "burgers")})
+    assert merged["studies"] == ["regularisation", "main"]
+    kept = {(r["study"], r["dataset"], bool(r.get("not_run"))) for r in merged["results"]}
+    assert kept == {("regularisation", "darcy16_n100", False), ("main", "darcy16", False), ("main", "burgers", False)}
+    assert merged["meta"]["earlier"][0]["trained"] == [("main", "darcy16"), ("regularisation", "darcy16_n100")]
+    text = tables.render(merged)
+    assert "#### Darcy 16×16" in text and "Not run (no finished run)" in text  # darcy_gen, em, navier_stokes
+    assert "(dataset `burgers`)" not in text and "`main` / `darcy_gen`" in text and "`main` / `burgers`" not in text
+    assert "`python -m bench.tables --studies regularisation main`: `main/darcy16`" in text
+
+
+def test_an_unknown_dataset_key_stops_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tables.main(["--studies", "main", "--datasets", "burger", "--work-dir", str(tmp_path)])
+    assert "--datasets burger: not a dataset of the studies main; choose from" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
