@@ -111,3 +111,19 @@ def test_an_unknown_dataset_key_stops_before_anything_runs(tmp_path, capsys):
         tables.main(["--studies", "main", "--datasets", "burger", "--work-dir", str(tmp_path)])
     assert "--datasets burger: not a dataset of the studies main; choose from" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_band_without_target_energy_is_not_tabulated_and_the_sentence_says_why():
+    # AdamW's in-band error > 1: the targets have (almost) nothing in that band, so the relative error means nothing
+    d = studies.STUDIES["regularisation"].datasets[0].key
+    tg = studies.tensor_galore(0.25)
+    study = _reg_study((studies.ADAMW, tg))
+    runs = [_run(d, "adamw", s, 0.20 + 0.001 * s, 0.10) for s in range(3)]
+    runs += [_run(d, tg.key, s, 0.15 + 0.001 * s, 0.10) for s in range(3)]
+    for r in runs:
+        r["tests"]["test_band/high_res16"] = 5000.0 + r["seed"] + (0 if r["method"] == "adamw" else 900)
+    assert set(tables.empty_bands(runs, d, "res16")) == {"high"}
+    text = "\n".join(tables.render_dataset(study, runs, study.datasets[0]))
+    assert "5001.0" not in text and "5,001.0" not in text and "high −" not in text and "high +" not in text
+    assert "Not shown: the high band (AdamW's error 5,001× the band's content)" in text
+    assert "low −24.9%, mid −24.9%" in text  # the bands with content are still compared
