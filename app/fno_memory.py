@@ -123,7 +123,9 @@ class LeanFNOLayers:
     gradients, bit for bit), but each intermediate dropped after its last use: the spectral convolution's output
     and the skip connection's once they are summed."""
 
-    def forward_with_postactivation(self, x, index=0, output_shape=None):
+    def _skips_and_convolution(self, x, index, output_shape):
+        """The layer's two skip connections of ``x`` and its spectral convolution (after the stabilizer), in
+        neuraloperator's order; the caller drops its own ``x`` on rebinding, so only the outputs stay alive."""
         conv = self.convs[index]
         skip_fno = skip_mlp = None
         if self.fno_skips is not None:
@@ -132,7 +134,10 @@ class LeanFNOLayers:
             skip_mlp = conv.transform(self.channel_mlp_skips[index](x), output_shape=output_shape)
         if self.stabilizer == "tanh":
             x = ctanh(x) if self.complex_data else torch.tanh(x)
-        x = conv(x, output_shape=output_shape)
+        return conv(x, output_shape=output_shape), skip_fno, skip_mlp
+
+    def forward_with_postactivation(self, x, index=0, output_shape=None):
+        x, skip_fno, skip_mlp = self._skips_and_convolution(x, index, output_shape)
         if self.norm is not None:
             x = self.norm[self.n_norms * index](x)
         if skip_fno is not None:
@@ -155,15 +160,7 @@ class LeanFNOLayers:
         x = self.non_linearity(x)
         if self.norm is not None:
             x = self.norm[self.n_norms * index](x)
-        conv = self.convs[index]
-        skip_fno = skip_mlp = None
-        if self.fno_skips is not None:
-            skip_fno = conv.transform(self.fno_skips[index](x), output_shape=output_shape)
-        if self.use_channel_mlp and self.channel_mlp_skips is not None:
-            skip_mlp = conv.transform(self.channel_mlp_skips[index](x), output_shape=output_shape)
-        if self.stabilizer == "tanh":
-            x = ctanh(x) if self.complex_data else torch.tanh(x)
-        x = conv(x, output_shape=output_shape)
+        x, skip_fno, skip_mlp = self._skips_and_convolution(x, index, output_shape)
         if skip_fno is not None:
             x = x + skip_fno
             del skip_fno
