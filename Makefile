@@ -13,6 +13,8 @@ test: bootstrap
 
 # Every section of BENCHMARKS.md; the accuracy studies train through `tgalore fit` runs (about 3 h on a 2-core CPU).
 # BENCH_LAUNCHER=/work/cpu-run prefixes each training process; finished runs are cached in bench/out/runs.
+# BENCH_JOBS training processes run at once (default: one per core, each with one torch thread).
+bench: export BENCH_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 bench: bootstrap
 	.venv/bin/python -m bench.optim_bench
 	.venv/bin/python -m bench.memory_bench

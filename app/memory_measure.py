@@ -147,6 +147,18 @@ class StepMemoryProbe(Callback):
         self.result = _result(tracker, optimizer, pl_module.device, tuple(self._seconds))
         self._tracker = None
 
+    def close(self) -> None:
+        """Stop tracking if a measured step is in progress (training stopped inside it); no result is made."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.__exit__(None, None, None)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.close()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.close()
+
 
 def _result(tracker, optimizer, device: torch.device, seconds: tuple[float, ...]) -> MeasuredPeak:
     dev = torch.device(device.type, device.index) if device.index is not None else device

@@ -45,6 +45,8 @@ __all__ = [
     "fit_args",
     "run_product",
     "launch",
+    "bench_jobs",
+    "child_env",
     "optimizer_state_bytes",
     "hardware",
     "mean_sd",
@@ -187,13 +189,35 @@ def launcher() -> list[str]:
     return shlex.split(os.environ.get("BENCH_LAUNCHER", ""))
 
 
+def bench_jobs() -> int:
+    """How many training processes a benchmark runs at once: ``BENCH_JOBS`` (a positive integer), else 1."""
+    text = os.environ.get("BENCH_JOBS", "1")
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"BENCH_JOBS={text!r}: give a positive number of training processes at once")
+    return n
+
+
+def child_env(parallel: int = 1) -> dict[str, str]:
+    """The environment of a run's process: the repository on ``PYTHONPATH`` and, with ``parallel`` processes at
+    once, ``OMP_NUM_THREADS`` = cores ÷ parallel (at least 1) unless it is set, so that they do not oversubscribe."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
 def launch(
-    specs: Sequence[RunSpec], work_dir: Path, *, timeout_s: float | None = None, start: bool = True
+    specs: Sequence[RunSpec], work_dir: Path, *, timeout_s: float | None = None, start: bool = True, parallel: int = 1
 ) -> list[dict[str, Any] | None]:
     """Run ``specs`` one after another in one process under :func:`launcher` (the seeds of one method, say, so the
-    imports are paid once); each result (with the spec's fields) is cached in ``work_dir/<study>/<key>/result.json``
-    as soon as it is done and reused while the spec's digest is unchanged. ``start=False`` only reads the cache
-    (None for a run that is not in it)."""
+    imports are paid once; ``parallel``: how many such processes the caller runs at once, see :func:`child_env`);
+    each result (with the spec's fields) is cached in ``work_dir/<study>/<key>/result.json`` as soon as it is done
+    and reused while the spec's digest is unchanged. ``start=False`` only reads the cache (None for a run that is
+    not in it)."""
     jobs, todo = [], []
     results: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -218,7 +242,7 @@ def launch(
         job_file.parent.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(jobs, indent=1) + "\n")
         cmd = [*launcher(), sys.executable, "-m", "bench.harness", "--jobs", str(job_file)]
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = child_env(parallel)
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -9,10 +9,11 @@ table; writes the raw results and the ``tables`` section of BENCHMARKS.md.
 
 Every run is ``tgalore fit`` composed from the shipped configs plus a YAML delta (``bench.studies``), in its own
 process (``bench.harness``; one process per method and dataset, its seeds in turn). Set ``BENCH_LAUNCHER`` to
-prefix each process (e.g. ``BENCH_LAUNCHER=/work/cpu-run`` on a shared machine). Finished runs are cached under
-``bench/out/runs`` (keyed by a digest of their configs), so an interrupted benchmark resumes where it stopped; a
-study's runs that are not done are listed as not run, never estimated. While a file ``bench/out/runs/PAUSE``
-exists, no new process is started.
+prefix each process (e.g. ``BENCH_LAUNCHER=/work/cpu-run`` on a shared machine), and ``--jobs N`` (or
+``BENCH_JOBS``) to run N processes at once, each with cores ÷ N torch threads unless ``OMP_NUM_THREADS`` is set.
+Finished runs are cached under ``bench/out/runs`` (keyed by a digest of their configs), so an interrupted
+benchmark resumes where it stopped; a study's runs that are not done are listed as not run, never estimated. While
+a file ``bench/out/runs/PAUSE`` exists, no new process is started.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,28 +44,35 @@ BANDS = ("low", "mid", "high")
 
 
 def run_study(
-    study: Study, work_dir: Path, *, budget_s: float | None = None, started: float = 0.0, cached_only: bool = False
+    study: Study, work_dir: Path, *, budget_s: float | None = None, started: float = 0.0, cached_only: bool = False,
+    jobs: int | None = None,
 ) -> list[dict]:
-    """Every run of ``study`` (cached runs reused); runs that are not cached when ``budget_s`` (since ``started``)
-    is spent, or with ``cached_only``, are not started and come back as ``{"not_run": True}``."""
+    """Every run of ``study`` (cached runs reused), one process per (dataset, method), ``jobs`` processes at a time
+    (default ``BENCH_JOBS``, else 1); runs that are not cached when ``budget_s`` (since ``started``) is spent, or with
+    ``cached_only``, are not started and come back as ``{"not_run": True}``. Results are in ``specs`` order."""
+    jobs = harness.bench_jobs() if jobs is None else jobs
     by_group: dict[tuple[str, str], list] = {}
     for spec in studies.specs(study):
         by_group.setdefault((spec.dataset, spec.method), []).append(spec)
-    results = []
-    for (dataset, method), group in by_group.items():
+
+    def one(item: tuple[tuple[str, str], list]) -> list[dict]:
+        (dataset, method), group = item
         while (work_dir / "PAUSE").exists():  # lets the machine's owner run something else between processes
             time.sleep(5)
         t0 = time.perf_counter()
         spent = budget_s is not None and time.perf_counter() - started > budget_s
-        done = harness.launch(group, work_dir, start=not (spent or cached_only))
+        done = harness.launch(group, work_dir, start=not (spent or cached_only), parallel=jobs)
         done = [r if r is not None else _not_run(s) for r, s in zip(done, group, strict=True)]
-        results += done
-        if all(r.get("not_run") for r in done):
-            continue
-        l2 = [r["tests"].get(_main_key(r)) for r in done]
-        log.info("%s %s %s: test L2 %s (%.0f s)", study.name, dataset, method,
-                 ", ".join("failed" if v is None else f"{v:.4f}" for v in l2), time.perf_counter() - t0)
-    return results
+        if not all(r.get("not_run") for r in done):
+            l2 = [r["tests"].get(_main_key(r)) for r in done]
+            log.info("%s %s %s: test L2 %s (%.0f s)", study.name, dataset, method,
+                     ", ".join("failed" if v is None else f"{v:.4f}" for v in l2), time.perf_counter() - t0)
+        return done
+
+    if jobs == 1:
+        return [r for item in by_group.items() for r in one(item)]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each thread only waits on its run's process
+        return [r for done in pool.map(one, by_group.items()) for r in done]
 
 
 def _not_run(spec) -> dict:
@@ -110,11 +119,14 @@ def paired(ours: dict[int, float], base: dict[int, float]) -> tuple[float, float
 
 
 def verdict(m: float, sd: float, n: int) -> str:
-    """'lower' / 'higher' when the mean paired change is beyond 2 standard errors, else 'within noise'."""
+    """'lower' / 'higher' when the mean paired change is beyond 2 standard errors, 'same' for an exact tie on every
+    seed (0 ± 0), else 'within noise'."""
     if n == 0 or math.isnan(m):
         return "n/a"
     if n < 2:
         return "1 seed"
+    if m == 0:
+        return "same" if sd == 0 else "within noise"
     if sd == 0 or abs(m) > 2 * sd / math.sqrt(n):
         return "lower" if m < 0 else "higher"
     return "within noise"
@@ -459,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="the test's size: a tiny generated Darcy set, 3 steps, 2 methods")
     parser.add_argument("--studies", nargs="+", choices=studies.TABLES, default=list(studies.TABLES))
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the study's)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="training processes at once (default: BENCH_JOBS, else 1); each gets cores/jobs threads")
     parser.add_argument("--budget-min", type=float, default=None,
                         help="start no new run after this many minutes (the rest is reported as not run)")
     parser.add_argument("--cached-only", action="store_true",
@@ -478,6 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps {args.steps}: give a positive number of optimizer steps")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give a positive number of processes")
+    if args.jobs is None:
+        try:
+            args.jobs = harness.bench_jobs()
+        except ValueError as err:
+            parser.error(str(err))
     if args.datasets is not None:
         known = {d.key for n in args.studies for d in studies.shrink(studies.STUDIES[n], args.mode or "full").datasets}
         unknown = [k for k in args.datasets if k not in known]
@@ -504,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.datasets is not None:
                 study = replace(study, datasets=tuple(d for d in study.datasets if d.key in args.datasets))
             budget = None if args.budget_min is None else 60 * args.budget_min
-            results += run_study(study, work, budget_s=budget, started=started, cached_only=args.cached_only)
+            results += run_study(study, work, budget_s=budget, started=started, cached_only=args.cached_only,
+                                 jobs=args.jobs)
         shown = [a for a in argv if a != "--cached-only"]  # the command that trains what is tabulated
         command = "python -m bench.tables" + (" " + " ".join(shown) if shown else "")
         saved = {

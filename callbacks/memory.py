@@ -107,8 +107,8 @@ class MemoryMonitor(Callback):
 
     def _stop_tracking(self) -> None:
         probe, self._probe = self._probe, None
-        if probe is not None and probe._tracker is not None:  # training stopped inside the sampled step
-            probe._tracker.__exit__(None, None, None)
+        if probe is not None:  # training may have stopped inside the sampled step
+            probe.close()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if self._probe is not None:

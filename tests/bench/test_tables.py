@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -26,6 +27,7 @@ def test_paired_changes_and_verdicts():
     assert (n, wins) == (3, 3) and m == pytest.approx(-0.15)
     assert tables.verdict(m, sd, n) == "lower"
     assert tables.verdict(0.01, 0.2, 3) == "within noise" and tables.verdict(0.1, 0.0, 3) == "higher"
+    assert tables.verdict(0.0, 0.0, 3) == "same" and tables.verdict(0.0, 0.1, 3) == "within noise"
     assert "lower on 3/3" in tables.paired_cell({0: 0.9, 1: 0.8, 2: 0.85}, {0: 1.0, 1: 1.0, 2: 1.0})
 
 
@@ -64,7 +66,7 @@ def test_tiny_mode_trains_through_the_product_and_writes_only_its_section(tmp_pa
     out = tmp_path / "tables.json"
     argv = ["--tiny", "--studies", "regularisation", "--steps", "2", "--output", str(md), "--results", str(out),
             "--work-dir", str(tmp_path / "runs")]
-    assert tables.main(argv) == 0
+    assert tables.main([*argv, "--jobs", "2"]) == 0  # two training processes at once
     saved = json.loads(out.read_text())
     assert len(saved["results"]) == 8 and not any(r.get("failure") for r in saved["results"])
     assert all(r["steps"] == 2 and r["command"].startswith("python -m app fit") for r in saved["results"])
@@ -127,3 +129,46 @@ def test_a_band_without_target_energy_is_not_tabulated_and_the_sentence_says_why
     assert "5001.0" not in text and "5,001.0" not in text and "high −" not in text and "high +" not in text
     assert "Not shown: the high band (AdamW's error 5,001× the band's content)" in text
     assert "low −24.9%, mid −24.9%" in text  # the bands with content are still compared
+
+
+def test_parallel_runs_keep_the_order_of_the_specs_and_run_jobs_processes_at_once(monkeypatch, tmp_path):
+    import threading
+
+    from bench import harness
+
+    live, most, lock = [0], [0], threading.Lock()
+
+    def fake_launch(group, work_dir, *, start=True, parallel=1):
+        assert parallel == 2
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        time.sleep(0.05)
+        with lock:
+            live[0] -= 1
+        return [{"dataset": s.dataset, "method": s.method, "seed": s.seed, "tests": {}, "test_names": ["x"]}
+                for s in group]
+
+    monkeypatch.setattr(harness, "launch", fake_launch)
+    study = studies.shrink(studies.STUDIES["regularisation"], "tiny")
+    results = tables.run_study(study, tmp_path, jobs=2)
+    assert [(r["dataset"], r["method"], r["seed"]) for r in results] == [
+        (s.dataset, s.method, s.seed) for s in studies.specs(study)]
+    assert most[0] == 2
+
+
+def test_bench_jobs_sets_the_threads_of_each_process_and_a_bad_value_is_refused(monkeypatch, capsys):
+    from bench import harness
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 8)
+    assert harness.child_env(4)["OMP_NUM_THREADS"] == "2" and "OMP_NUM_THREADS" not in harness.child_env(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert harness.child_env(4)["OMP_NUM_THREADS"] == "3"  # the caller's setting wins
+    monkeypatch.setenv("BENCH_JOBS", "two")
+    with pytest.raises(SystemExit):
+        tables.main(["--studies", "main", "--cached-only"])
+    assert "BENCH_JOBS='two': give a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tables.main(["--jobs", "0"])
+    assert "--jobs 0: give a positive number of processes" in capsys.readouterr().err

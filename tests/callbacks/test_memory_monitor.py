@@ -71,3 +71,29 @@ def test_no_measurement_when_the_run_ends_before_the_sampled_step_or_it_is_off(t
     assert trainer.global_step == 4 and monitor.measured == {}
     with pytest.raises(ValueError, match="measure_step must be >= 0"):
         MemoryMonitor(measure_step=-1)
+
+
+def test_a_run_that_stops_inside_the_sampled_step_leaves_no_tracker_behind(tmp_path):
+    """An exception in the measured step closes the probe (``StepMemoryProbe.close``): no dispatch mode stays on."""
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    from tests.test_module import _TinyData
+
+    class Boom(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 1:
+                raise RuntimeError("stop inside the sampled step")
+
+    from neuralop.models import FNO
+
+    fno = FNO(n_modes=(4, 4), in_channels=1, out_channels=1, hidden_channels=8, n_layers=2)
+    module = OperatorModule(fno, optimizer=lambda g: TensorGaLoreAdamW(g, rank=0.5))
+    monitor = MemoryMonitor(log_every_n_steps=100, measure_step=1)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[monitor, Boom()],
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="stop inside the sampled step"):
+        trainer.fit(module, datamodule=_TinyData())
+    assert _get_current_dispatch_mode_stack() == []
+    assert monitor.measured == {}
