@@ -37,7 +37,9 @@ class Method(Part):
 
 @dataclass(frozen=True)
 class Dataset(Part):
-    """A data/experiment config with the benchmark's batch size (and model size)."""
+    """A data/experiment config with the benchmark's batch size (and model size); ``note``: said under its table."""
+
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,15 @@ def _data(**init_args: Any) -> dict[str, Any]:
 
 DARCY16 = "configs/experiments/darcy16_neuralop.yaml"
 MAIN_BATCH = 8  # small, so that 1,000 steps stay fast on a CPU (the shipped configs use 16-32)
+_ONE_D = ("1-D data: the spectral weights are 3-D (in, out, modes), so GaLore's `rollup: 3` is capped at 2 "
+          "(`app.optim.layout.matrix_shape`): d=3 is d=2 with `scale: 2.0` stated instead of `auto`.")
 MAIN_DATASETS = (
     Dataset("darcy16", "Darcy 16×16 (neuraloperator's set)", (DARCY16,), _data(batch_size=MAIN_BATCH)),
     Dataset("darcy_gen", "Darcy, generated (33×33; test 33 and zero-shot 65)", (), _data(batch_size=MAIN_BATCH)),
     Dataset("burgers", "Burgers, generated (128; test 128 and zero-shot 256)",
-            ("configs/experiments/burgers_tensor_galore.yaml",), _data(batch_size=MAIN_BATCH)),
+            ("configs/experiments/burgers_tensor_galore.yaml",), _data(batch_size=MAIN_BATCH), _ONE_D),
     Dataset("em", "EM wave, generated, complex (128; test 128 and zero-shot 256)", ("configs/experiments/em.yaml",),
-            _data(batch_size=MAIN_BATCH)),
+            _data(batch_size=MAIN_BATCH), _ONE_D),
     Dataset("navier_stokes", "Navier–Stokes, generated (32×32; test 32 and zero-shot 64)",
             ("configs/experiments/navier_stokes_tensor_galore.yaml",), _data(batch_size=MAIN_BATCH)),
 )

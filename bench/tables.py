@@ -202,10 +202,27 @@ def render_dataset(study: Study, results: list[dict], dataset) -> list[str]:
         row += [_state(runs), _step_ms(runs), _status(runs) or "0"]
         rows.append(row)
     r0 = next(iter(ok([r for r in results if r["dataset"] == dataset.key])))
+    same = identical_rows(study, results, dataset.key, main)
+    notes = " ".join(filter(None, [dataset.note, same]))
     return [f"#### {dataset.label}", "",
             f"{r0['n_train']} training samples, {study.steps} steps, seeds {_seeds(study)}; ms/step is the fit time "
             "over the steps in a shared machine's slot (a rough cost, not a timing benchmark).", "",
-            *_table(header, rows), "", band_sentence(study, results, dataset.key, main), ""]
+            *_table(header, rows), "", band_sentence(study, results, dataset.key, main), "",
+            *([notes, ""] if notes else [])]
+
+
+def identical_rows(study: Study, results: list[dict], dataset: str, test: str) -> str:
+    """Methods whose test errors are equal on every seed: one update under two names on this dataset."""
+    seen: dict[tuple, list[str]] = {}
+    for m in study.methods:
+        t = values(select(results, dataset, m.key), "tests", f"test/l2_{test}")
+        if len(t) == len(study.seeds):
+            seen.setdefault(tuple(sorted(t.items())), []).append(m.label)
+    groups = [labels for labels in seen.values() if len(labels) > 1]
+    if not groups:
+        return ""
+    return ("Identical on every seed (the same update here, not independent evidence): "
+            + "; ".join(" and ".join(g) for g in groups) + ".")
 
 
 def empty_bands(results: list[dict], dataset: str, test: str) -> dict[str, float]:

@@ -172,3 +172,14 @@ def test_bench_jobs_sets_the_threads_of_each_process_and_a_bad_value_is_refused(
     with pytest.raises(SystemExit):
         tables.main(["--jobs", "0"])
     assert "--jobs 0: give a positive number of processes" in capsys.readouterr().err
+
+
+def test_methods_with_equal_errors_on_every_seed_are_named_as_one_update():
+    main = studies.STUDIES["main"]
+    runs = [dict(_run("em", m, s, t, 0.05, name="res128"), study="main")
+            for m, t in (("adamw", 0.1), ("galore_d2_0.25", 0.2), ("galore_d3_0.25", 0.2), ("tg_0.25", 0.3))
+            for s in range(3)]
+    text = tables.identical_rows(main, runs, "em", "res128")
+    assert text == ("Identical on every seed (the same update here, not independent evidence): "
+                    "GaLore d=2 r=0.25 and GaLore d=3 r=0.25.")
+    assert tables.identical_rows(main, runs[:3], "em", "res128") == ""
