@@ -180,6 +180,44 @@ def _state(runs: list[dict]) -> str:
 # ============================================================================================ rendering
 
 
+def render_summary(study: Study, results: list[dict]) -> list[str]:
+    """One row per method: its paired test-L2 change vs AdamW on each dataset that has results, and the count of
+    datasets where it is lower / within noise / higher (the per-dataset tables below hold the rest)."""
+    done = [d for d in study.datasets if ok([r for r in results if r["dataset"] == d.key])]
+    if len(done) < 2:
+        return []
+    mains = {d.key: _main_key(next(iter(ok([r for r in results if r["dataset"] == d.key])))) for d in done}
+    header = ["method", *(d.label.split(" (")[0] for d in done), "lower / within noise / higher"]
+    rows, tally = [], {}
+    for m in study.methods:
+        if m.key == "adamw":
+            continue
+        row, counts = [m.label], {"lower": 0, "within noise": 0, "same": 0, "higher": 0}
+        for d in done:
+            ours = values(select(results, d.key, m.key), "tests", mains[d.key])
+            mean, sd, n, _ = paired(ours, values(select(results, d.key, "adamw"), "tests", mains[d.key]))
+            v = verdict(mean, sd, n)
+            counts[v] = counts.get(v, 0) + 1
+            row.append("—" if n == 0 else f"{_pct(mean)} ({v})")
+        if counts.get("n/a") == len(done):  # no finished run of this method
+            continue
+        rows.append(row + [f"{counts['lower']} / {counts['within noise'] + counts['same']} / {counts['higher']}"])
+        tally[m.label] = counts
+    score = {k: (c["lower"] - c["higher"], -c["higher"]) for k, c in tally.items()}
+    best = [k for k in tally if score[k] == max(score.values())]
+    never_worse = [k for k, c in tally.items() if c["higher"] == 0]
+    everywhere = [k for k, c in tally.items() if c["lower"] == len(done)]
+    reading = (f"**Reading** ({len(done)} datasets, each one's training resolution): "
+               + (f"lower than AdamW on every dataset: {', '.join(everywhere)}. " if everywhere else
+                  "no method is lower than AdamW on every dataset. ")
+               + f"Most often lower and least often higher: {' and '.join(best)} (lower on "
+               f"{tally[best[0]]['lower']}, higher on {tally[best[0]]['higher']}). "
+               + ("Never higher than AdamW beyond the noise: " + "; ".join(never_worse) + "."
+                  if never_worse else "Every method is higher than AdamW on at least one dataset."))
+    return ["Test L2 vs AdamW (paired change over seeds; *lower*/*higher* beyond 2 standard errors):", "",
+            *_table(header, rows), "", reading, ""]
+
+
 def render_dataset(study: Study, results: list[dict], dataset) -> list[str]:
     names = _test_names(results, dataset.key)
     if not names:
@@ -411,6 +449,7 @@ def render(saved: dict[str, Any]) -> str:
         elif name == "sweep":
             lines += render_sweep(study, results)
         else:
+            lines += render_summary(study, results)
             for d in study.datasets:
                 lines += render_dataset(study, results, d)
     not_run = [n for n in studies.TABLES if n not in saved["studies"]]

@@ -183,3 +183,20 @@ def test_methods_with_equal_errors_on_every_seed_are_named_as_one_update():
     assert text == ("Identical on every seed (the same update here, not independent evidence): "
                     "GaLore d=2 r=0.25 and GaLore d=3 r=0.25.")
     assert tables.identical_rows(main, runs[:3], "em", "res128") == ""
+
+
+def test_the_summary_counts_per_method_where_it_is_lower_or_higher_than_adamw_across_datasets():
+    main = studies.STUDIES["main"]
+    err = {("darcy16", "adamw"): 0.1, ("darcy16", "tg_0.25"): 0.09, ("darcy16", "galore_d1_0.25"): 0.12,
+           ("burgers", "adamw"): 0.2, ("burgers", "tg_0.25"): 0.2, ("burgers", "galore_d1_0.25"): 0.19}
+    runs = [dict(_run(d, m, s, t * (1 + 0.001 * s), 0.05, name="res16" if d == "darcy16" else "res128"),
+                 study="main") for (d, m), t in err.items() for s in range(3)]
+    lines = tables.render_summary(main, runs)
+    row = {ln.split(" | ")[0].lstrip("| "): ln for ln in lines if ln.startswith("| ")}
+    assert "−10.0% (lower)" in row["Tensor-GaLore r=0.25, channel modes"]
+    assert row["Tensor-GaLore r=0.25, channel modes"].endswith("| 1 / 1 / 0 |")
+    assert row["GaLore d=1 r=0.25"].endswith("| 1 / 0 / 1 |")
+    reading = next(ln for ln in lines if ln.startswith("**Reading**"))
+    assert "Most often lower and least often higher: Tensor-GaLore r=0.25, channel modes (lower on 1, higher on 0)" \
+        in reading and "Never higher than AdamW beyond the noise: Tensor-GaLore r=0.25, channel modes." in reading
+    assert tables.render_summary(main, [r for r in runs if r["dataset"] == "darcy16"]) == []  # one dataset: no summary
