@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from app.memory import adamw_state_bytes
-from app.optim import TensorGaLoreAdamW, tucker
+from app.optim import TensorGaLoreAdamW, layout, tucker
 from bench import harness, markdown
 
 log = logging.getLogger("bench.optim_bench")
@@ -93,7 +93,7 @@ def tensorly_tucker_energy(g: torch.Tensor, ranks) -> tuple[float, float]:
 
 
 def measure_shape(shape, device, repeats: int, tl_repeats: int) -> dict:
-    ranks = tucker.resolve_ranks(RANK, shape)
+    ranks = layout.resolve_ranks(RANK, shape)
     g_rand, g_decay = random_gradient(shape, device), decaying_gradient(shape, device)
 
     p_adam = torch.nn.Parameter(torch.zeros(shape, dtype=torch.complex64, device=device))

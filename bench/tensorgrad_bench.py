@@ -34,7 +34,7 @@ import torch
 
 from app.memory import optimizer_state_bytes
 from app.memory_estimate import predict_state_bytes
-from bench import harness, markdown, studies
+from bench import harness, markdown, studies, tables
 
 log = logging.getLogger("bench.tensorgrad_bench")
 
@@ -129,8 +129,6 @@ def measure_weight(repeats: int) -> dict[str, dict]:
 
 def darcy_study(seeds: int, steps: int) -> tuple[dict[str, list[float]], str, float]:
     """Test relative L2 per row and seed, from product runs of study ``tensorgrad`` (``bench.studies``)."""
-    from bench import tables
-
     methods = tuple(
         studies.Method(f"row{i}", name, (f"configs/optim/{config}",), {"model": {"optimizer": {"init_args": o}}})
         for i, (name, (config, o)) in enumerate(ROWS.items())
@@ -191,7 +189,6 @@ def render(weight: dict, study: tuple | None, command: str, repeats: int, steps:
     if study is not None:
         errors, source, seconds = study
         n = len(next(iter(errors.values())))
-        base = errors["TensorGRaD"]
 
         def cell(v):
             return f"{statistics.mean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.4f}"
@@ -203,21 +200,21 @@ def render(weight: dict, study: tuple | None, command: str, repeats: int, steps:
             f"Data: {source}; spectral weights (32, 32, 8, 5), relative-L2 loss, per-step cosine LR, optimizer "
             f"settings from the config files, final model tested; {seconds / 60:.1f} min in the runs' processes.",
             "",
-            "| optimizer | test rel. L2 | per seed | vs TensorGRaD (same seed) |",
+            "| optimizer | test rel. L2 | per seed | vs TensorGRaD (paired over seeds) |",
             "|---|---:|---|---:|",
         ]
+        by_seed = {name: dict(enumerate(v)) for name, v in errors.items()}
         for name, v in errors.items():
-            rel = statistics.mean(a / b - 1 for a, b in zip(v, base, strict=True))
-            lines.append(f"| {name} | {cell(v)} | {', '.join(f'{e:.4f}' for e in v)} | {100 * rel:+.1f}% |")
+            vs = "—" if name == "TensorGRaD" else tables.paired_cell(by_seed[name], by_seed["TensorGRaD"])
+            lines.append(f"| {name} | {cell(v)} | {', '.join(f'{e:.4f}' for e in v)} | {vs} |")
 
-        def paired(a: str, b: str) -> str:
-            pairs = list(zip(errors[a], errors[b], strict=True))
-            change = 100 * statistics.mean(x / y - 1 for x, y in pairs)
-            return f"{change:+.1f}% test error, higher on {sum(x > y for x, y in pairs)}/{len(pairs)} seeds"
+        def paired(a: str, b: str) -> str:  # mean ± sd over seeds of a / b - 1, the verdict, seeds where a is lower
+            return tables.paired_cell(by_seed[a], by_seed[b])
 
         lines += [
             "",
-            "Paired by seed (same initialisation and batches): bfloat16 state (stochastic rounding) vs float32 "
+            "Paired by seed (same initialisation and batches; mean ± sd over seeds, *lower*/*higher* beyond 2 "
+            "standard errors): bfloat16 state (stochastic rounding) vs float32 "
             f"state: {paired('TensorGRaD, bf16 state', 'TensorGRaD')}; round-to-nearest vs stochastic rounding: "
             f"{paired('TensorGRaD, bf16 state, nearest rounding', 'TensorGRaD, bf16 state')}; `sparse_first` vs "
             f"`lowrank_first`: {paired('TensorGRaD, sparse_first', 'TensorGRaD')}; TensorGRaD vs Tensor-GaLore: "
