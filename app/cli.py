@@ -530,7 +530,7 @@ def drop_carried_init_args(parser: LightningArgumentParser, cfg: Namespace, sour
             class_parser = ActionTypeHint.get_class_parser(value.class_path, getattr(action, "sub_add_kwargs", None))
             defaults = class_parser.get_defaults()
         kept = {n for n, (_, i) in trace.init_args.items() if i >= trace.switch}
-        carried = [n for n in value.init_args if n not in kept and n in defaults]
+        carried = [n for n in value.init_args.keys() if n not in kept and n in defaults]
         changed = [f"{n}={value.init_args[n]!r}" for n in carried if value.init_args[n] != defaults[n]]
         for name in carried:
             value.init_args[name] = defaults[name]
