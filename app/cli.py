@@ -21,7 +21,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -228,6 +228,7 @@ class TGaloreCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._args = sys.argv[1:] if args is None else args
+        parser.cli_args = self._args  # TGaloreParser: a config that switches a class drops the earlier init_args
         super().parse_arguments(parser, args)
 
     # ------------------------------------------------------------------ --ckpt_path
@@ -393,38 +394,184 @@ class TGaloreCLI(LightningCLI):
         print("\n".join(lines))  # the CLI's own report to the user
 
 
-def _config_files(args: list[str]) -> list[Path]:
-    """The default config files, then every ``-c``/``--config`` file of ``args``, in order."""
-    files = list(DEFAULT_CONFIGS)
-    for i, a in enumerate(args):
-        if a in ("-c", "--config") and i + 1 < len(args):
-            files.append(Path(args[i + 1]))
-        elif a.startswith("--config="):
-            files.append(Path(a.split("=", 1)[1]))
-    return files
+# ------------------------------------------------------------------ what each configuration source sets
+def _relative(path: Path) -> str:
+    path = Path(path)
+    root = CONFIG_DIR.parent
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
+
+
+def _load_yaml(path: str | Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}  # jsonargparse reports an unreadable config itself
+
+
+def _option_value(text: str) -> Any:
+    """An option's value as jsonargparse reads it: the contents of the config file it names, or YAML."""
+    import yaml
+
+    if Path(text).suffix in (".yaml", ".yml", ".json") and Path(text).is_file():
+        return _load_yaml(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _is_option(token: str) -> bool:
+    return token.startswith("-") and not re.fullmatch(r"-\.?\d.*", token)  # -1, -.5: values, not options
+
+
+def config_sources(args: list[str] | dict | None) -> list[tuple[str, Any]]:
+    """What each configuration source sets, in the order they apply, as ``(label, nested dict)``: the default
+    config files, then the command line's ``-c``/``--config`` files and ``--key=value`` / ``--key value`` options
+    (``--model.optimizer=ClassName`` included; the subcommand, ``--help``, ``--print_config`` and
+    ``--<key>.help`` set nothing). A dict of arguments (``cli_main({...})``) is one source."""
+    sources = [(_relative(f), _load_yaml(f)) for f in DEFAULT_CONFIGS if f.is_file()]
+    if isinstance(args, dict):
+        return [*sources, ("args", args)]
+    args = list(args or [])
+    i = 0
+    while i < len(args):
+        key, eq, value = args[i].partition("=")
+        i += 1
+        if not _is_option(key) or key in ("-h", "--help", "--print_config"):
+            continue  # the subcommand (or a stray value)
+        if not eq and i < len(args) and not _is_option(args[i]):
+            value, i = args[i], i + 1
+        if key in ("-c", "--config"):
+            sources.append((_relative(Path(value)), _load_yaml(value)))
+        elif key.startswith("--") and not key.endswith(".help"):
+            tree = _option_value(value)
+            for part in reversed(key[2:].split(".")):
+                tree = {part: tree}
+            sources.append((f"{key}={value}", tree))
+    return sources
+
+
+def same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class; a short name (``TensorGRaDAdamW``) is the class of any full path
+    ending in ``.TensorGRaDAdamW``."""
+    import importlib
+
+    if a == b or "." not in a or "." not in b:
+        return a.rpartition(".")[2] == b.rpartition(".")[2]
+
+    def resolve(path: str) -> Any:
+        module, _, name = path.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), name, path)
+        except ImportError:
+            return path
+
+    return resolve(a) is resolve(b)
+
+
+_ABSENT = object()
+
+
+class ClassTrace(NamedTuple):
+    """What the configuration sources do to one subclass-typed key (e.g. ``model.optimizer``)."""
+
+    class_path: str | None  # the class they end with, as written
+    switch: int | None  # the index of the source that last switched the class (None: never switched)
+    earlier: tuple[str, str] | None  # the class before that switch, and the source that set it
+    init_args: dict[str, tuple[Any, int]]  # each init_arg's last value, and the index of the source that set it
+
+
+def trace_class(sources: list[tuple[str, Any]], key: str) -> ClassTrace:
+    """Follow ``key`` through ``sources`` (``config_sources``): a ``class_path`` that differs from the class set
+    before is a switch; ``null``/``false`` leaves no class (and nothing to carry over)."""
+    cls, label, switch, earlier, init = None, "", None, None, {}
+    for i, (source, tree) in enumerate(sources):
+        value = tree
+        for part in key.split("."):
+            value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if value is _ABSENT:
+            continue
+        if isinstance(value, str):
+            value = {"class_path": value}
+        if not isinstance(value, dict):
+            cls, label, switch, earlier, init = None, "", None, None, {}
+            continue
+        new = value.get("class_path")
+        if new and cls and not same_class(new, cls):
+            switch, earlier = i, (cls, label)
+        if new:
+            cls, label = new, source
+        given = {k: v for k, v in value.items() if k not in ("class_path", "init_args", "dict_kwargs")}
+        given.update(value.get("init_args") or {})  # also the shorthand --model.optimizer.rank=0.2
+        init.update({name: (v, i) for name, v in given.items()})
+    return ClassTrace(cls, switch, earlier, init)
+
+
+def drop_carried_init_args(parser: LightningArgumentParser, cfg: Namespace, sources: list, prefix: str = "") -> None:
+    """Where a source switches a subclass key's class, reset in ``cfg`` every init_arg that no source at or after
+    the switch sets to the new class's default: jsonargparse carries over those of the earlier class's values
+    (its sources' and its own defaults) that the new class accepts. One warning per key names the values this
+    changes. ``prefix``: the subcommand's (``"fit."``) or ``""``."""
+    from jsonargparse._common import parser_context
+    from jsonargparse._subcommands import find_action
+    from jsonargparse._typehints import ActionTypeHint
+
+    root = cfg.get(prefix[:-1]) if prefix else cfg
+    keys = [k for k in root.keys(branches=True) if isinstance(root.get(k), Namespace) and "class_path" in root[k]]
+    for key in keys:
+        trace = trace_class(sources, key)
+        value, action = root[key], find_action(parser, prefix + key)
+        if trace.switch is None or not isinstance(action, ActionTypeHint) or not isinstance(
+                value.get("init_args"), Namespace) or not same_class(value.class_path, trace.class_path):
+            continue  # never switched, a nested key, or a value the sources do not explain
+        with parser_context(parent_parser=parser):
+            class_parser = ActionTypeHint.get_class_parser(value.class_path, getattr(action, "sub_add_kwargs", None))
+            defaults = class_parser.get_defaults()
+        kept = {n for n, (_, i) in trace.init_args.items() if i >= trace.switch}
+        carried = [n for n in value.init_args.keys() if n not in kept and n in defaults]
+        changed = [f"{n}={value.init_args[n]!r}" for n in carried if value.init_args[n] != defaults[n]]
+        for name in carried:
+            value.init_args[name] = defaults[name]
+        if changed:
+            (old, old_source), new_source = trace.earlier, sources[trace.switch][0]
+            log.warning(
+                "%s: the class changed from %s (%s) to %s (%s); dropped init_args carried over from the earlier "
+                "class: %s; give them again after the switch to keep them", key, old, old_source, value.class_path,
+                new_source, ", ".join(changed),
+            )
+
+
+class TGaloreParser(LightningArgumentParser):
+    """LightningCLI's parser, where a config source that switches a subclass key's class drops the init_args only
+    earlier sources set (``drop_carried_init_args``), after parsing and before ``--print_config`` prints."""
+
+    #: the command line being parsed; set on the CLI's main parser only (``TGaloreCLI.parse_arguments``)
+    cli_args: list[str] | dict | None = None
+
+    def _parse_common(self, cfg: Namespace, env: bool | None, defaults: bool, skip_validation: bool,
+                      **kwargs: Any) -> Namespace:
+        # the main parser's final parse of the command line (default config files and -c files are parsed with
+        # defaults=False); once, so not again where --ckpt_path merges a checkpoint's own model hyperparameters
+        if self.cli_args is not None and defaults and not kwargs.get("nested_parse"):
+            sources, self.cli_args, sub = config_sources(self.cli_args), None, cfg.get("subcommand")
+            drop_carried_init_args(self, cfg, sources, f"{sub}." if sub else "")
+        return super()._parse_common(cfg, env, defaults, skip_validation, **kwargs)
 
 
 def optimizer_help_note(args: list[str]) -> str:
     """What ``--model.optimizer.help`` adds below the class's own defaults: the values the configuration sets."""
-    import yaml
-
     i = args.index("--model.optimizer.help") if "--model.optimizer.help" in args else -1
     wanted = args[i + 1] if 0 <= i < len(args) - 1 else ""
-    cls, init, sources = None, {}, []
-    for f in _config_files(args):
-        try:
-            opt = ((yaml.safe_load(f.read_text()) or {}).get("model") or {}).get("optimizer")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if isinstance(opt, dict) and opt.get("class_path"):
-            if opt["class_path"] != cls:
-                cls, init, sources = opt["class_path"], {}, []
-            init.update(opt.get("init_args") or {})
-            sources.append(str(f.relative_to(CONFIG_DIR.parent)) if f.is_relative_to(CONFIG_DIR.parent) else str(f))
+    sources = config_sources(args)
+    trace = trace_class(sources, "model.optimizer")
+    kept = {n: (v, k) for n, (v, k) in trace.init_args.items() if k >= (trace.switch or 0)}
     lines = ["", "The defaults above are the class's own."]
-    if cls and (wanted == cls or cls.endswith("." + wanted)):
-        values = ", ".join(f"{k}={v!r}" for k, v in init.items())
-        lines.append(f"This configuration sets ({', '.join(sources)}): {values}.")
+    if trace.class_path and same_class(wanted or "?", trace.class_path):
+        values = ", ".join(f"{n}={v!r}" for n, (v, _) in kept.items())
+        setters = dict.fromkeys(sources[k][0] for _, k in kept.values())
+        lines.append(f"This configuration sets ({', '.join(setters)}): {values}.")
     else:
         files = CONFIG_DIR.rglob("*.yaml")
         users = sorted(str(p.relative_to(CONFIG_DIR.parent)) for p in files if wanted and wanted in p.read_text())
@@ -453,6 +600,7 @@ def cli_main(args: list[str] | dict | None = None, run: bool = True) -> TGaloreC
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            parser_class=TGaloreParser,
             parser_kwargs=parser_kwargs,
             args=args,
             run=run,

@@ -97,17 +97,16 @@ def checkpoint_fno_layers(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def _check_tensorgrad_has_sparse_part(optimizer: torch.optim.Optimizer) -> None:
-    """Refuse a ``TensorGRaDAdamW`` without a sparse part. A config that switches ``model.optimizer.class_path``
-    (e.g. ``-c configs/optim/...`` over the default Tensor-GaLore) keeps the earlier class's init_args that the new
-    class accepts, so the preset's own ``rank=0.2, sparse_ratio=0.05`` silently become Tensor-GaLore's 0.25 and 0."""
+    """Refuse a ``TensorGRaDAdamW`` without a sparse part (``sparse_ratio`` 0 on every projected group): that is
+    plain Tensor-GaLore under another name. A config that switches the class no longer carries over Tensor-GaLore's
+    ``sparse_ratio=0`` (the CLI drops the earlier class's init_args), so this guards an explicit 0."""
     if not isinstance(optimizer, TensorGRaDAdamW):
         return
     if not any(g.get("galore") and g.get("sparse_ratio", 0) > 0 for g in optimizer.param_groups):
         raise ValueError(
             f"TensorGRaDAdamW with sparse_ratio={optimizer.defaults.get('sparse_ratio')} has no sparse part: it is "
-            f"plain Tensor-GaLore (rank {optimizer.defaults.get('rank')}). A config that switches "
-            f"model.optimizer.class_path keeps the earlier class's init_args; set "
-            f"model.optimizer.init_args.sparse_ratio (TensorGRaD's 0.05) and rank (0.2) explicitly, or use "
+            f"plain Tensor-GaLore (rank {optimizer.defaults.get('rank')}). Set "
+            f"model.optimizer.init_args.sparse_ratio > 0 (TensorGRaD's default is 0.05), or use "
             f"app.optim.TensorGaLoreAdamW"
         )
 

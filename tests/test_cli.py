@@ -49,7 +49,7 @@ def test_every_config_parses_and_instantiates(config, tmp_path):
 
 @pytest.mark.parametrize("config", ["tensorgrad.yaml", "tensorgrad_bf16.yaml"])
 def test_tensorgrad_configs_over_the_default_optimizer_keep_tensorgrads_rank_and_sparse_part(config, tmp_path):
-    # switching class_path keeps the earlier class's resolved init_args (Tensor-GaLore's rank 0.25, sparse_ratio 0)
+    # the class switch drops the default job's Tensor-GaLore init_args; the presets' own values apply
     cli = cli_main(["-c", str(REPO / "configs" / "optim" / config), f"--trainer.default_root_dir={tmp_path}"],
                    run=False)
     opt = cli.model.optimizer_factory([{"params": [torch.nn.Parameter(torch.zeros(2))]}])
@@ -57,10 +57,11 @@ def test_tensorgrad_configs_over_the_default_optimizer_keep_tensorgrads_rank_and
     assert (opt.defaults["rank"], opt.defaults["sparse_ratio"]) == (0.2, 0.05)
 
 
-def test_switching_to_tensorgrad_without_a_sparse_part_stops_before_training(tmp_path, monkeypatch, capsys):
-    # --model.optimizer=TensorGRaDAdamW over the default Tensor-GaLore keeps its sparse_ratio 0: no sparse part
+def test_tensorgrad_without_a_sparse_part_stops_before_training(tmp_path, monkeypatch, capsys):
+    # an explicit sparse_ratio 0 makes TensorGRaD plain Tensor-GaLore: refused
     monkeypatch.setattr(sys, "argv", ["tgalore", "fit", *tiny_args(tmp_path),
-                                      "--model.optimizer=app.optim.TensorGRaDAdamW"])
+                                      "--model.optimizer=app.optim.TensorGRaDAdamW",
+                                      "--model.optimizer.init_args.sparse_ratio=0.0"])
     with pytest.raises(SystemExit) as stop:
         main()
     err = capsys.readouterr().err
