@@ -11,7 +11,8 @@ train: bootstrap
 test: bootstrap
 	.venv/bin/python -m pytest
 
-# Every section of BENCHMARKS.md; the accuracy studies train through `tgalore fit` runs (about 3 h on a 2-core CPU).
+# Every section of BENCHMARKS.md; the accuracy studies train through `tgalore fit` runs (~335 CPU-minutes: about 3 h
+# on a 2-core CPU with one process per core).
 # BENCH_LAUNCHER=/work/cpu-run prefixes each training process; finished runs are cached in bench/out/runs.
 # BENCH_JOBS training processes run at once (default: one per core, each with one torch thread).
 bench: export BENCH_JOBS ?= $(shell nproc 2>/dev/null || echo 1)

@@ -33,7 +33,7 @@ import torch
 
 from app.memory import adamw_state_bytes
 from app.optim import TensorGaLoreAdamW, layout, tucker
-from bench import harness, markdown
+from bench import harness, markdown, tables
 
 log = logging.getLogger("bench.optim_bench")
 
@@ -253,9 +253,8 @@ def render(rows: list[dict], study: dict | None, device: torch.device, command: 
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             return f"{mean:.4f} ± {sd:.4f}"
 
-        def wins(task, a, b):
-            pairs = list(zip(study[task][a], study[task][b], strict=True))
-            return f"{sum(x < y for x, y in pairs)}/{len(pairs)}"
+        def vs(task, a, b):  # paired over seeds: mean ± sd of a / b - 1, verdict, seeds where a is lower
+            return f"{task} " + tables.paired_cell(dict(enumerate(study[task][a])), dict(enumerate(study[task][b])))
 
         n = len(next(iter(study["lsq"].values())))
         lines += [
@@ -271,10 +270,11 @@ def render(rows: list[dict], study: dict | None, device: torch.device, command: 
             + " | ".join(cell(study["darcy"][k]) for k in ("keep", "project", "reset", "adamw"))
             + " |",
             "",
-            "Per seed (same initialisation and batches for every rule), `reset` beats `project` on "
-            + ", ".join(f"{task} {wins(task, 'reset', 'project')}" for task in ("lsq", "darcy"))
-            + " seeds and AdamW on "
-            + ", ".join(f"{task} {wins(task, 'reset', 'adamw')}" for task in ("lsq", "darcy"))
+            "Paired by seed (same initialisation and batches for every rule; mean ± sd over seeds, *lower*/*higher* "
+            "beyond 2 standard errors): `reset` vs `project`: "
+            + "; ".join(vs(task, "reset", "project") for task in ("lsq", "darcy"))
+            + ". `reset` vs `keep`: " + "; ".join(vs(task, "reset", "keep") for task in ("lsq", "darcy"))
+            + ". `reset` vs AdamW: " + "; ".join(vs(task, "reset", "adamw") for task in ("lsq", "darcy"))
             + ". Details in `bench/optim_bench.py` (`lsq_task`) and `bench/studies.py` (study `refresh_moments`). "
             "Default: `reset`; `keep` misaligns coordinates after a refresh.",
         ]
