@@ -203,6 +203,8 @@ def render_summary(study: Study, results: list[dict]) -> list[str]:
             continue
         rows.append(row + [f"{counts['lower']} / {counts['within noise'] + counts['same']} / {counts['higher']}"])
         tally[m.label] = counts
+    if not tally:  # only AdamW has finished runs: nothing to compare
+        return []
     score = {k: (c["lower"] - c["higher"], -c["higher"]) for k, c in tally.items()}
     best = [k for k in tally if score[k] == max(score.values())]
     never_worse = [k for k, c in tally.items() if c["higher"] == 0]
@@ -422,8 +424,7 @@ def render(saved: dict[str, Any]) -> str:
     lines = [
         "## Accuracy through the product: regularisation, rank sweep, every dataset (issue 16)",
         "",
-        f"Command: `{meta['command']}` ({_run_minutes(results):.0f} min of wall time in the runs' processes, "
-        f"waits for a CPU slot included). Hardware: "
+        f"Command: `{meta['command']}`. {_cost_sentence(results)} Hardware: "
         f"{harness.hardware_line(meta['hardware'], _threads(results))}. Raw results: `{meta.get('results', '?')}`.",
         "",
         *_kept_lines(meta),
@@ -502,8 +503,13 @@ def keep_saved(saved: dict[str, Any], old: dict[str, Any], trained: set[tuple[st
     }
 
 
-def _run_minutes(results: list[dict]) -> float:
-    return sum(r.get("process_s", 0.0) for r in results) / 60
+def _cost_sentence(results: list[dict]) -> str:
+    """What the tabulated runs cost: their fitting time (one core each: CPU-minutes), and their processes' wall
+    time, which also counts imports, tests and waits for a CPU slot."""
+    fit = sum(r.get("fit_s", 0.0) for r in results) / 60
+    wall = sum(r.get("process_s", 0.0) for r in results) / 60
+    return (f"The {len(ok(results))} tabulated runs fitted for {fit:.0f} min in all ({wall:.0f} min of their "
+            "processes' wall time, imports, tests and waits for a CPU slot included).")
 
 
 def _threads(results: list[dict]) -> int | None:
