@@ -183,10 +183,11 @@ def _state(runs: list[dict]) -> str:
 def render_summary(study: Study, results: list[dict]) -> list[str]:
     """One row per method: its paired test-L2 change vs AdamW on each dataset that has results, and the count of
     datasets where it is lower / within noise / higher (the per-dataset tables below hold the rest)."""
-    done = [d for d in study.datasets if ok([r for r in results if r["dataset"] == d.key])]
+    names = {d.key: _test_names(results, d.key) for d in study.datasets}
+    done = [d for d in study.datasets if names[d.key]]
     if len(done) < 2:
         return []
-    mains = {d.key: _main_key(next(iter(ok([r for r in results if r["dataset"] == d.key])))) for d in done}
+    mains = {d.key: f"test/l2_{names[d.key][0]}" for d in done}  # each dataset's first test set, as its table
     header = ["method", *(d.label.split(" (")[0] for d in done), "lower / within noise / higher"]
     rows, tally = [], {}
     for m in study.methods:
